@@ -1,0 +1,92 @@
+"""RolloutBatch: everything one optimizer batch knows about its sequences.
+
+Layout: prompts are left-padded to a common width P, completions right-padded to width C, so every row is
+``[pad.. prompt | completion ..pad]`` and completion token j of every row sits at column P + j. Positions are
+``cumsum(attention_mask) - 1``, identical at sampling and training time -- that is what makes the sampling
+log-probs reusable as old-policy log-probs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import torch
+
+
+@dataclass
+class RolloutBatch:
+    prompt_ids: torch.Tensor  # [B, P] left-padded
+    prompt_mask: torch.Tensor  # [B, P]
+    completion_ids: torch.Tensor  # [B, C] right-padded
+    completion_mask: torch.Tensor  # [B, C] 1 on generated tokens (including EOS)
+    sample_logprobs: torch.Tensor  # [B, C] log-prob of each token under the sampling policy (tempered)
+    group_ids: torch.Tensor  # [B] which prompt each row answers
+    finished: torch.Tensor  # [B] bool: generation ended with EOS
+    rewards: torch.Tensor | None = None  # [B]
+    correct: torch.Tensor | None = None  # [B] bool
+    advantages: torch.Tensor | None = None  # [B] (sequence-level, broadcast over tokens)
+    ref_logprobs: torch.Tensor | None = None  # [B, C] frozen reference, only when the objective needs it
+    loss_weights: torch.Tensor | None = None  # [B, C] aggregation weights, fixed on the full batch
+
+    @property
+    def size(self) -> int:
+        return self.completion_ids.shape[0]
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return torch.cat([self.prompt_ids, self.completion_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return torch.cat([self.prompt_mask, self.completion_mask], dim=1)
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.completion_mask.sum(-1)
+
+    def select(self, rows: torch.Tensor) -> RolloutBatch:
+        """Rows ``rows`` (index or bool mask) of every per-row tensor, trimmed of all-padding columns."""
+        picked = {
+            fl.name: (v[rows] if isinstance(v := getattr(self, fl.name), torch.Tensor) else v) for fl in fields(self)
+        }
+        out = replace(self, **picked)
+        return out.trim()
+
+    def trim(self) -> RolloutBatch:
+        """Drop prompt columns that are padding in every row and completion columns past the longest completion."""
+        if self.size == 0:
+            return self
+        p_keep = int(self.prompt_mask.any(0).nonzero().min()) if self.prompt_mask.any() else self.prompt_mask.shape[1]
+        c_keep = int(self.lengths.max())
+        changes = {}
+        for fl in fields(self):
+            v = getattr(self, fl.name)
+            if not isinstance(v, torch.Tensor) or v.dim() != 2:
+                continue
+            changes[fl.name] = v[:, p_keep:] if fl.name.startswith("prompt") else v[:, :c_keep]
+        return replace(self, **changes)
+
+    def micro_batches(self, size: int) -> list[RolloutBatch]:
+        return [self.select(torch.arange(i, min(i + size, self.size))) for i in range(0, self.size, size)]
+
+
+def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, width - len(s) :] = torch.tensor(s)
+            mask[i, width - len(s) :] = 1
+    return ids, mask
+
+
+def right_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(1, max(len(s) for s in seqs))
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, : len(s)] = torch.tensor(s)
+            mask[i, : len(s)] = 1
+    return ids, mask

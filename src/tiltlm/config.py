@@ -1,0 +1,252 @@
+"""Run configuration: dataclasses with one doc string per field, YAML (safe loader) + dotted CLI overrides.
+
+Strictness is the point: an unknown key is an error naming the key and the closest valid one; a value of the
+wrong type names the expected type. The defaults are the embedded quickstart recipe (GRPO on a+b).
+
+Batch vocabulary, defined once: ``rollout.prompts_per_step`` prompts, each with ``rollout.samples_per_prompt``
+completions (a group); ``train.micro_batch_size`` sequences per forward/backward; ``train.updates_per_batch`` (mu)
+optimizer steps on each rollout batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tiltlm.errors import TiltError
+
+
+def f(default: Any, doc: str) -> Any:
+    """A dataclass field with a doc string (shown by ``tiltlm config``); mutable defaults are copied."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass
+class ModelConfig:
+    path: str = f("embedded", "'embedded' (the shipped tiny base) or a local Hugging Face causal-LM directory")
+    dtype: str = f("float32", "parameter dtype: float32 | bfloat16")
+
+
+@dataclass
+class TaskConfig:
+    name: str = f("arithmetic", "task: arithmetic | jsonl | reasoning_gym")
+    min_digits: int = f(1, "arithmetic: fewest digits per operand (difficulty knob)")
+    max_digits: int = f(3, "arithmetic: most digits per operand (difficulty knob)")
+    path: str | None = f(None, "jsonl: file with one {'prompt': ..., 'answer': ...} object per line")
+    heldout_path: str | None = f(None, "jsonl: separate held-out file (default: a fixed 10% hash split)")
+    dataset: str | None = f(None, "reasoning_gym: dataset name, e.g. chain_sum")
+    size: int = f(2000, "reasoning_gym: number of training items generated")
+    options: dict = f({}, "reasoning_gym: keyword arguments for reasoning_gym.create_dataset")
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = f("hf", "rollout engine (registry ENGINES): hf")
+    prompts_per_step: int = f(64, "prompts sampled per optimizer batch")
+    samples_per_prompt: int = f(8, "completions per prompt (the group size G)")
+    max_new_tokens: int = f(8, "generation length limit; unfinished completions score 0")
+    temperature: float = f(1.0, "sampling temperature (log-probs are of the tempered distribution)")
+
+
+@dataclass
+class ObjectiveConfig:
+    name: str = f("grpo", "objective (registry OBJECTIVES); `tiltlm algorithms` lists them")
+    clip_low: float = f(0.2, "PPO clip: ratio lower bound is 1 - clip_low")
+    clip_high: float = f(0.2, "PPO clip: ratio upper bound is 1 + clip_high (DAPO clip-higher uses 0.28)")
+    beta: float = f(0.0, "KL coefficient to the frozen reference; 0 = no reference model is loaded or run")
+    kl_estimator: str = f("k3", "per-token KL estimator in the loss: k1 | k2 | k3")
+    aggregation: str = f("seq_mean_token_mean", "loss aggregation: seq_mean_token_mean | token_mean | seq_sum_const")
+    aggregation_constant: float = f(0.0, "seq_sum_const normaliser (0 = rollout.max_new_tokens)")
+
+
+@dataclass
+class AdvantageConfig:
+    name: str = f("group_zscore", "advantage estimator (registry ADVANTAGES)")
+    eps: float = f(1e-6, "added to the std in normalised advantages")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = f(5e-4, "peak learning rate (AdamW)")
+    betas: list = f([0.9, 0.99], "AdamW betas")
+    weight_decay: float = f(0.0, "AdamW weight decay")
+    warmup_steps: int = f(5, "linear warm-up steps")
+    schedule: str = f("constant", "after warm-up: constant | cosine | linear")
+    grad_clip: float = f(1.0, "max global grad norm (0 = off)")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = f(120, "optimizer batches to run")
+    updates_per_batch: int = f(1, "mu: optimizer steps per rollout batch (ratio != 1 after the first)")
+    micro_batch_size: int = f(256, "sequences per forward/backward (gradient accumulation; loss is invariant)")
+    skip_zero_gradient_rows: bool = f(
+        True, "leave rows whose loss gradient is exactly zero (e.g. all-equal groups at beta=0) out of the backward"
+    )
+    time_budget_s: float = f(0.0, "stop after this many seconds of training (0 = no limit)")
+    seed: int = f(0, "seed for prompts, sampling and init")
+
+
+@dataclass
+class EvalConfig:
+    every: int = f(0, "held-out evaluation every N steps (0 = only at the end)")
+    prompts: int = f(200, "held-out prompts per evaluation")
+    samples: int = f(16, "samples per held-out prompt")
+    k: list = f([1, 4, 16], "pass@k values reported")
+    temperature: float = f(1.0, "sampling temperature for evaluation")
+
+
+@dataclass
+class RuntimeConfig:
+    threads: int = f(1, "torch CPU threads; on shared 2-core machines 1 is often fastest")
+    device: str = f("cpu", "cpu | cuda | cuda:N")
+
+
+@dataclass
+class LogConfig:
+    run_dir: str = f("runs", "parent directory of run directories")
+    run_name: str = f("", "run directory name (default: <objective>-<timestamp>)")
+    progress: bool = f(True, "show a live progress bar")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+# ----------------------------------------------------------------------------------------------------- loading
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, key)
+            except TiltError:
+                continue
+        raise TiltError(f"config key '{key}' expects {_type_name(tp)}, got {value!r}")
+    if tp is type(None):
+        if value is None:
+            return None
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise TiltError(f"config key '{key}' expects {_type_name(tp)}, got {value!r}")
+
+
+def _build(cls: type, data: dict, prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [fl.name for fl in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f" (valid: {', '.join(names)})"
+            raise TiltError(f"unknown config key '{full}'{hint}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise TiltError(f"config key '{full}' expects a mapping of {tp.__name__} fields, got {value!r}")
+            kwargs[key] = _build(tp, value, f"{full}.")
+        else:
+            kwargs[key] = _coerce(value, tp, full)
+    return cls(**kwargs)
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise TiltError(f"override '{dotted}': '{part}' is not a section")
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``optim.lr=1e-4`` -> (``optim.lr``, 1e-4). Values are parsed as YAML scalars/lists (safe loader)."""
+    if "=" not in text:
+        raise TiltError(f"override '{text}' must look like section.key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def read_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise TiltError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise TiltError(f"{where}: malformed YAML ({problem})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise TiltError(f"{path}: top level must be a mapping of sections (model, task, rollout, ...)")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults <- YAML file <- dotted overrides, validated strictly."""
+    data = read_yaml(path) if path else {}
+    for text in overrides:
+        _set_dotted(data, *parse_override(text))
+    return _build(Config, data, "")
+
+
+def config_to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted key, default, doc) for every field -- the `tiltlm config` listing."""
+    rows = []
+    for fl in dataclasses.fields(cls):
+        tp = typing.get_type_hints(cls)[fl.name]
+        if dataclasses.is_dataclass(tp):
+            rows += describe(tp, f"{prefix}{fl.name}.")
+        else:
+            default = fl.default if fl.default is not dataclasses.MISSING else fl.default_factory()
+            rows.append((f"{prefix}{fl.name}", repr(default), fl.metadata.get("doc", "")))
+    return rows

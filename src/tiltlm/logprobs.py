@@ -1,0 +1,58 @@
+"""The one place where logits become token log-probs (and entropies).
+
+Only the logits that predict completion tokens are materialised (``logits_to_keep``), and the log-softmax runs in
+row chunks so a real vocabulary (150k) never needs a [B, T, V] float32 copy at once.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids for left-padded rows: 0 at the first real token, pads clamped to 0."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def completion_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_completion: int) -> torch.Tensor:
+    """Logits [B, C, V] predicting the last ``n_completion`` columns of ``input_ids``."""
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=positions(attention_mask),
+        use_cache=False,
+        logits_to_keep=n_completion + 1,
+    )
+    return out.logits[:, :-1]
+
+
+def gather_logprobs(
+    logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0, with_entropy: bool = False, chunk: int = 64
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log softmax(logits / T)[targets] and, optionally, the entropy of each tempered distribution."""
+    logps, ents = [], []
+    for i in range(0, logits.shape[0], chunk):
+        lg = logits[i : i + chunk].float()
+        if temperature != 1.0:
+            lg = lg / temperature
+        lsm = torch.log_softmax(lg, dim=-1)
+        logps.append(lsm.gather(-1, targets[i : i + chunk].unsqueeze(-1)).squeeze(-1))
+        if with_entropy:
+            ents.append(-(lsm.exp() * lsm).sum(-1))
+    return torch.cat(logps), (torch.cat(ents) if with_entropy else None)
+
+
+def sequence_logprobs(
+    model,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-token log-probs [B, C] of the completion under ``model`` (padding positions are garbage: mask them)."""
+    ids = torch.cat([prompt_ids, completion_ids], dim=1)
+    mask = torch.cat([prompt_mask, completion_mask], dim=1)
+    logits = completion_logits(model, ids, mask, completion_ids.shape[1])
+    return gather_logprobs(logits, completion_ids, temperature, with_entropy)

@@ -1,0 +1,120 @@
+"""Models and tokenizers: the embedded tiny base, and loading any local Hugging Face causal LM.
+
+The embedded default is a real ``transformers`` Llama with a character-level ``PreTrainedTokenizerFast``, so the
+code path that trains it is the one that trains a real checkpoint. Weights are only ever read from safetensors.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers.utils import logging as hf_logging
+
+from tiltlm.errors import TiltError
+
+hf_logging.disable_progress_bar()  # no tqdm bars from transformers when saving/loading tiny local models
+
+PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
+# Printable ASCII plus newline: enough for arithmetic, JSONL tasks and compact reasoning-gym prompts.
+CHARS = [chr(c) for c in range(32, 127)] + ["\n"]
+
+EMBEDDED = "embedded"
+ASSET_DIR = Path(__file__).parent / "assets" / "base"
+
+
+def build_char_tokenizer() -> PreTrainedTokenizerFast:
+    """A character-level fast tokenizer: one token per character, BOS prepended, characters fused on decode."""
+    vocab = {tok: i for i, tok in enumerate([PAD, BOS, EOS, UNK, *CHARS])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    # [\s\S] (not ".") so that newlines match too: every character becomes its own pre-token.
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, vocab[BOS])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK, padding_side="left"
+    )
+
+
+def build_tiny_llama(
+    vocab_size: int, hidden: int = 128, layers: int = 2, heads: int = 4, max_len: int = 64, seed: int = 0
+) -> LlamaForCausalLM:
+    """A tiny decoder-only Llama (~0.53M parameters at the defaults), initialised from ``seed``."""
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=max_len,
+        tie_word_embeddings=True,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def resolve_model_path(path: str) -> Path:
+    """``embedded`` -> the shipped base; otherwise a local directory that must hold a config and safetensors."""
+    if path == EMBEDDED:
+        if not (ASSET_DIR / "model.safetensors").exists():
+            raise TiltError(f"embedded base model missing at {ASSET_DIR}; rebuild it with `tiltlm pretrain`")
+        return ASSET_DIR
+    p = Path(path)
+    if not p.is_dir():
+        raise TiltError(f"model path not found: {path} (expected a local Hugging Face model directory or 'embedded')")
+    if not (p / "config.json").exists():
+        raise TiltError(f"model path {path} has no config.json: not a Hugging Face model directory")
+    if not any(p.glob("*.safetensors")):
+        raise TiltError(f"model path {path} has no *.safetensors weights (pickled weights are refused for safety)")
+    return p
+
+
+def load_model_and_tokenizer(path: str, dtype: torch.dtype = torch.float32):
+    """Load a causal LM and its tokenizer from a local directory (never from a hub; safetensors only)."""
+    p = resolve_model_path(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(p, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(p, local_files_only=True, use_safetensors=True, dtype=dtype)
+    except (OSError, ValueError) as e:
+        raise TiltError(f"cannot load model from {path}: {str(e).splitlines()[0]}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def save_pretrained_atomic(model, tokenizer, out_dir: str | os.PathLike) -> Path:
+    """Save model (safetensors) + tokenizer into ``out_dir`` via a temp dir and a rename: never half-written."""
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,41 @@
+"""Loss aggregation: how per-token losses become one scalar. An explicit choice, never a side effect.
+
+Each mode is a weight per token, computed once on the *full* optimizer batch: the loss is sum(w * token_loss).
+Because the weights never depend on how the batch is split, micro-batching (gradient accumulation) and padding
+cannot change the loss or its gradient -- the classic silent bug where token-mean becomes a mean of micro-batch
+means.
+
+- ``seq_mean_token_mean``: mean over sequences of each sequence's token mean (GRPO paper, GSPO).
+- ``token_mean``: sum over all valid tokens / number of valid tokens (DAPO, Lite PPO).
+- ``seq_sum_const``: each sequence's token sum / a constant, then mean over sequences (Dr.GRPO).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+
+def seq_mean_token_mean(mask: torch.Tensor, constant: float = 0.0) -> torch.Tensor:
+    mask = mask.float()
+    return mask / mask.sum(-1, keepdim=True).clamp(min=1) / mask.shape[0]
+
+
+def token_mean(mask: torch.Tensor, constant: float = 0.0) -> torch.Tensor:
+    mask = mask.float()
+    return mask / mask.sum().clamp(min=1)
+
+
+def seq_sum_const(mask: torch.Tensor, constant: float = 0.0) -> torch.Tensor:
+    if constant <= 0:
+        raise ValueError("seq_sum_const needs a positive constant (e.g. the max generation length)")
+    mask = mask.float()
+    return mask / constant / mask.shape[0]
+
+
+AGGREGATIONS: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
+    "seq_mean_token_mean": seq_mean_token_mean,
+    "token_mean": token_mean,
+    "seq_sum_const": seq_sum_const,
+}

@@ -1,0 +1,184 @@
+"""What the trainer stands on: ``prepare`` (config -> models, task and registry picks, validated before anything is
+written) and ``Run`` (the run directory: resolved config, metrics.jsonl, evaluations, final checkpoint, progress)."""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tiltlm.advantages import ADVANTAGES
+from tiltlm.config import Config, dump_config
+from tiltlm.errors import TiltError
+from tiltlm.evaluate import EvalResult, evaluate
+from tiltlm.logprobs import sequence_logprobs
+from tiltlm.models import load_model_and_tokenizer, save_pretrained_atomic
+from tiltlm.objectives import AGGREGATIONS, KL_ESTIMATORS, OBJECTIVES, Objective
+from tiltlm.rollout import ENGINES
+from tiltlm.tasks import Task, build_task
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def pick(registry: dict, name: str, key: str) -> Any:
+    """``registry[name]``, or a one-line error naming the key, the closest valid name and all valid names."""
+    if name in registry:
+        return registry[name]
+    close = difflib.get_close_matches(name, list(registry), n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    raise TiltError(f"unknown {key} '{name}' ({hint}valid: {', '.join(registry)})")
+
+
+def _check_positive(cfg: Config) -> None:
+    for key, value in [
+        ("rollout.prompts_per_step", cfg.rollout.prompts_per_step),
+        ("rollout.samples_per_prompt", cfg.rollout.samples_per_prompt),
+        ("rollout.max_new_tokens", cfg.rollout.max_new_tokens),
+        ("train.steps", cfg.train.steps),
+        ("train.updates_per_batch", cfg.train.updates_per_batch),
+        ("train.micro_batch_size", cfg.train.micro_batch_size),
+        ("runtime.threads", cfg.runtime.threads),
+    ]:
+        if value < 1:
+            raise TiltError(f"config key '{key}' must be >= 1, got {value}")
+    if cfg.rollout.temperature <= 0:
+        raise TiltError(f"config key 'rollout.temperature' must be > 0 for training, got {cfg.rollout.temperature}")
+    if cfg.objective.beta < 0:
+        raise TiltError(f"config key 'objective.beta' must be >= 0, got {cfg.objective.beta}")
+    bad = [k for k in cfg.eval.k if not isinstance(k, int) or not 1 <= k <= cfg.eval.samples]
+    if cfg.eval.prompts > 0 and bad:
+        raise TiltError(f"config key 'eval.k' values must be integers in 1..eval.samples ({cfg.eval.samples}), got {bad}")
+
+
+@dataclass
+class Setup:
+    cfg: Config
+    task: Task
+    model: torch.nn.Module
+    tokenizer: Any
+    reference: torch.nn.Module | None
+    engine: Any
+    objective: Objective
+    advantage: Callable
+    aggregate: Callable
+    aggregation_constant: float
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    device: torch.device
+
+    @torch.no_grad()
+    def reference_logprobs(self, batch) -> torch.Tensor:
+        out = []
+        for mb in batch.micro_batches(self.cfg.train.micro_batch_size):
+            lp, _ = sequence_logprobs(self.reference, mb.prompt_ids, mb.prompt_mask, mb.completion_ids, mb.completion_mask, self.cfg.rollout.temperature)
+            out.append(torch.nn.functional.pad(lp, (0, batch.completion_ids.shape[1] - lp.shape[1])))
+        return torch.cat(out)
+
+
+def lr_lambda(warmup: int, total: int, schedule: str) -> Callable[[int], float]:
+    def fn(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        if schedule == "cosine":
+            return 0.5 * (1.0 + torch.cos(torch.tensor(torch.pi * min(1.0, progress))).item())
+        if schedule == "linear":
+            return max(0.0, 1.0 - progress)
+        return 1.0
+
+    return fn
+
+
+def prepare(cfg: Config) -> Setup:
+    """Resolve every choice from its registry and load everything; raises TiltError on any bad input."""
+    _check_positive(cfg)
+    build_objective, _ = pick(OBJECTIVES, cfg.objective.name, "objective.name")
+    advantage = pick(ADVANTAGES, cfg.advantage.name, "advantage.name")
+    aggregate = pick(AGGREGATIONS, cfg.objective.aggregation, "objective.aggregation")
+    pick(KL_ESTIMATORS, cfg.objective.kl_estimator, "objective.kl_estimator")
+    engine_cls = pick(ENGINES, cfg.rollout.engine, "rollout.engine")
+    dtype = pick(DTYPES, cfg.model.dtype, "model.dtype")
+    schedules = {"constant", "cosine", "linear"}
+    pick({s: s for s in schedules}, cfg.optim.schedule, "optim.schedule")
+    if cfg.runtime.device.startswith("cuda") and not torch.cuda.is_available():
+        raise TiltError(f"runtime.device '{cfg.runtime.device}' requested but CUDA is not available")
+    device = torch.device(cfg.runtime.device)
+    torch.set_num_threads(cfg.runtime.threads)
+    torch.manual_seed(cfg.train.seed)
+
+    task = build_task(cfg.task)
+    if cfg.eval.prompts > 0 and not task.heldout(cfg.eval.prompts):
+        raise TiltError(f"task '{cfg.task.name}' has no held-out examples to evaluate on")
+    model, tokenizer = load_model_and_tokenizer(cfg.model.path, dtype)
+    model.to(device)
+    objective = build_objective(cfg.objective)
+    reference = None
+    if "ref" in objective.needs:
+        reference, _ = load_model_and_tokenizer(cfg.model.path, dtype)
+        reference.to(device).eval().requires_grad_(False)
+    constant = cfg.objective.aggregation_constant or float(cfg.rollout.max_new_tokens)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay
+    )
+    total = cfg.train.steps * cfg.train.updates_per_batch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.optim.warmup_steps, total, cfg.optim.schedule))
+    engine = engine_cls(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    return Setup(cfg, task, model, tokenizer, reference, engine, objective, advantage, aggregate, constant,
+                 optimizer, scheduler, device)
+
+
+class Run:
+    """The run directory. Created only after ``prepare`` succeeded, so bad input never leaves a half-made run."""
+
+    def __init__(self, cfg: Config, path: Path):
+        self.cfg, self.dir = cfg, path
+        self.eval_at_start = True
+        self._metrics = (path / "metrics.jsonl").open("a", encoding="utf-8")
+
+    @classmethod
+    def create(cls, cfg: Config, s: Setup) -> Run:
+        parent = Path(cfg.log.run_dir)
+        name = cfg.log.run_name or f"{cfg.objective.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        path, i = parent / name, 1
+        while path.exists():
+            i += 1
+            path = parent / f"{name}-{i}"
+        path.mkdir(parents=True)
+        write_atomic(path / "config.yaml", dump_config(cfg))
+        return cls(cfg, path)
+
+    def log(self, metrics: dict) -> None:
+        self._metrics.write(json.dumps(metrics) + "\n")
+        self._metrics.flush()
+
+    def evaluate(self, s: Setup, step: int) -> EvalResult:
+        c = self.cfg
+        result = evaluate(
+            s.model, s.tokenizer, s.task, s.task.heldout(c.eval.prompts), c.eval.samples, list(c.eval.k),
+            c.rollout.max_new_tokens, c.eval.temperature, seed=c.train.seed + 10_000,
+        )
+        self.log({"step": step, **result.as_metrics()})
+        return result
+
+    def save_final(self, s: Setup) -> Path:
+        self._metrics.close()
+        return save_pretrained_atomic(s.model, s.tokenizer, self.dir / "final")
+
+    def progress(self, progress) -> contextlib.AbstractContextManager:
+        from tiltlm.progress import TrainProgress
+
+        return TrainProgress(self.cfg.train.steps, enabled=self.cfg.log.progress if progress is None else progress)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)

@@ -1,0 +1,136 @@
+"""The training loop: move pi_theta toward the target pi*(y|x) ∝ pi0(y|x) exp(r(x,y)/beta).
+
+For the policy-gradient family (GRPO and kin), with G samples per prompt from pi_old:
+
+    A_i    = advantage(r_1..r_G)_i                                   (advantages.py)
+    loss   = sum_{i,t} w_{i,t} * [ max(-A_i rho_{i,t}, -A_i clip(rho_{i,t})) + beta KL_{i,t} ]
+    rho    = pi_theta(y_t|s_t) / pi_old(y_t|s_t),   w = aggregation weights fixed on the full batch
+
+Each step, top to bottom:
+  1. select prompts            task.sample_train
+  2. generate                  G completions per prompt, recording each token's sampling log-prob (= pi_old)
+  3. score                     the task's verifier -> rewards
+  4. attach log-probs          only what the objective ``needs`` (reference log-probs iff beta > 0)
+  5. advantages, loss weights  from the registries chosen in the config
+  6. update                    mu optimizer steps over micro-batches; rows with exactly zero gradient skipped
+  7. log, evaluate, checkpoint
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from tiltlm.batch import RolloutBatch
+from tiltlm.config import Config
+from tiltlm.evaluate import EvalResult
+from tiltlm.logprobs import sequence_logprobs
+from tiltlm.rollout import decode_completions
+from tiltlm.run import Run, Setup, prepare
+
+
+@dataclass
+class TrainResult:
+    run_dir: str
+    steps: int
+    base_eval: EvalResult | None
+    final_eval: EvalResult | None
+    history: list[dict] = field(default_factory=list)
+    train_seconds: float = 0.0
+
+
+def train(cfg: Config, progress=None) -> TrainResult:
+    s: Setup = prepare(cfg)  # validates everything and loads models *before* anything is written
+    run = Run.create(cfg, s)
+    rng = random.Random(cfg.train.seed)
+    sampler_rng = torch.Generator(device=s.device).manual_seed(cfg.train.seed)
+    P, G = cfg.rollout.prompts_per_step, cfg.rollout.samples_per_prompt
+    base_eval = run.evaluate(s, step=0) if cfg.eval.prompts > 0 and run.eval_at_start else None
+    history, t_start, step = [], time.perf_counter(), 0
+    with run.progress(progress) as bar:
+        for step in range(1, cfg.train.steps + 1):
+            t0 = time.perf_counter()
+            # 1. select prompts
+            examples = s.task.sample_train(rng, P)
+            prompt_ids = [s.tokenizer(e.prompt)["input_ids"] for e in examples]
+            # 2. generate G completions per prompt with their sampling log-probs
+            gen = s.engine.generate(prompt_ids, G, cfg.rollout.max_new_tokens, cfg.rollout.temperature, sampler_rng)
+            t_gen = time.perf_counter()
+            # 3. score
+            texts = decode_completions(s.tokenizer, gen.completion_ids, gen.completion_mask)
+            scores = [s.task.score(examples[i // G], text, bool(fin)) for i, (text, fin) in enumerate(zip(texts, gen.finished))]
+            batch = RolloutBatch(
+                prompt_ids=gen.prompt_ids, prompt_mask=gen.prompt_mask,
+                completion_ids=gen.completion_ids, completion_mask=gen.completion_mask,
+                sample_logprobs=gen.sample_logprobs, finished=gen.finished,
+                group_ids=torch.arange(P).repeat_interleave(G),
+                rewards=torch.tensor([sc.reward for sc in scores]),
+                correct=torch.tensor([sc.correct for sc in scores]),
+            )
+            # 4. attach the log-probs the objective needs (never computed otherwise)
+            if "ref" in s.objective.needs:
+                batch.ref_logprobs = s.reference_logprobs(batch)
+            # 5. advantages and aggregation weights, on the full batch
+            batch.advantages = s.advantage(batch.rewards, batch.group_ids, cfg.advantage.eps)
+            batch.loss_weights = s.aggregate(batch.completion_mask, s.aggregation_constant)
+            # 6. update: mu optimizer steps; zero-gradient rows left out (their weights stay in the normaliser)
+            rows = s.objective.rows_with_gradient(batch) if cfg.train.skip_zero_gradient_rows else torch.ones(P * G, dtype=torch.bool)
+            train_batch = batch.select(rows)
+            for _ in range(cfg.train.updates_per_batch):
+                update_stats = update(s, train_batch, cfg.train.micro_batch_size, cfg.optim.grad_clip, cfg.rollout.temperature)
+            t_end = time.perf_counter()
+            # 7. log, evaluate, checkpoint
+            metrics = {
+                "step": step,
+                "rollout/reward": batch.rewards.mean().item(),
+                "rollout/pass@1": batch.correct.float().mean().item(),
+                "rollout/response_len": batch.lengths.float().mean().item(),
+                "rollout/finished": batch.finished.float().mean().item(),
+                "rollout/entropy": (gen.entropy.sum() / gen.completion_mask.sum()).item(),
+                "rollout/rows_trained": int(rows.sum()),
+                "adv/mean": batch.advantages.mean().item(),
+                "adv/abs_mean": batch.advantages.abs().mean().item(),
+                **update_stats,
+                "optim/lr": s.scheduler.get_last_lr()[0],
+                "perf/step_s": t_end - t0,
+                "perf/gen_s": t_gen - t0,
+                "perf/tokens_per_s": batch.lengths.sum().item() / (t_end - t0),
+            }
+            if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.steps:
+                metrics.update(run.evaluate(s, step).as_metrics())
+            run.log(metrics)
+            history.append(metrics)
+            bar.advance(metrics)
+            if cfg.train.time_budget_s and time.perf_counter() - t_start > cfg.train.time_budget_s:
+                break
+    train_seconds = time.perf_counter() - t_start
+    final_eval = run.evaluate(s, step) if cfg.eval.prompts > 0 else None
+    run.save_final(s)
+    return TrainResult(str(run.dir), step, base_eval, final_eval, history, train_seconds)
+
+
+def update(s: Setup, batch: RolloutBatch, micro_batch_size: int, grad_clip: float, temperature: float) -> dict:
+    """One optimizer step on ``batch``: accumulate sum(w * token_loss) over micro-batches, clip, step."""
+    s.model.train()
+    s.optimizer.zero_grad(set_to_none=False)  # zero (not None) grads: an empty batch still steps exactly as a zero gradient
+    sums: dict[str, float] = {}
+    tokens = max(1, int(batch.completion_mask.sum()))
+    total_loss = 0.0
+    for mb in batch.micro_batches(micro_batch_size) if batch.size else []:
+        logp, _ = sequence_logprobs(s.model, mb.prompt_ids, mb.prompt_mask, mb.completion_ids, mb.completion_mask, temperature)
+        token_loss, stats = s.objective.token_loss(logp, mb)
+        loss = (token_loss * mb.loss_weights).sum()
+        loss.backward()
+        total_loss += loss.item()
+        mask = mb.completion_mask.bool()
+        for name, value in stats.items():
+            sums[name] = sums.get(name, 0.0) + value[mask].sum().item()
+    grad_norm = torch.nn.utils.clip_grad_norm_(s.model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
+    s.optimizer.step()
+    s.scheduler.step()
+    out = {"loss/total": total_loss, "optim/grad_norm": float(grad_norm)}
+    out.update({k: v / tokens for k, v in sums.items()})  # token means of the objective's statistics
+    return out
