@@ -10,6 +10,7 @@ optimizer steps on each rollout batch.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import types
@@ -155,6 +156,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # PyYAML (YAML 1.1) reads "1e-4" as a string
+            with contextlib.suppress(ValueError):
+                return float(value)
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value

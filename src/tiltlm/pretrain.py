@@ -19,6 +19,7 @@ import torch
 from tiltlm.batch import left_pad, right_pad
 from tiltlm.logprobs import sequence_logprobs
 from tiltlm.models import build_char_tokenizer, build_tiny_llama, count_parameters, save_pretrained_atomic
+from tiltlm.run import lr_lambda
 from tiltlm.tasks.arithmetic import Arithmetic
 
 
@@ -28,6 +29,7 @@ class PretrainConfig:
     batch_size: int = 128
     lr: float = 3e-3
     warmup_steps: int = 20
+    schedule: str = "constant"
     hidden: int = 128
     layers: int = 2
     heads: int = 4
@@ -53,7 +55,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str, log=print):
     task = Arithmetic(cfg.min_digits, cfg.max_digits)
     rng = random.Random(cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup_steps, cfg.steps, cfg.schedule))
     log(f"pretrain: {count_parameters(model):,} params, {cfg.steps} steps x {cfg.batch_size} on {task.name}")
     model.train()
     t0 = time.time()

@@ -1,0 +1,129 @@
+"""Golden values for the clipped policy-gradient loss, aggregation modes and KL estimators (spec rlvr.md 1.1, 1.2;
+objectives.md 3), and invariance of the loss/gradient to micro-batching and padding."""
+
+import math
+
+import pytest
+import torch
+
+from tiltlm.advantages import group_zscore
+from tiltlm.batch import RolloutBatch
+from tiltlm.objectives import AGGREGATIONS, KL_ESTIMATORS, ClippedPolicyGradient
+
+LENGTHS = [3, 2, 1, 2]  # the shared golden fixture: G=4, rewards [1,0,0,1], 8 valid tokens
+
+
+def fixture_batch(logp_old: torch.Tensor | None = None) -> RolloutBatch:
+    C = 3
+    mask = torch.tensor([[1 if t < L else 0 for t in range(C)] for L in LENGTHS])
+    old = torch.full((4, C), -1.0) if logp_old is None else logp_old
+    return RolloutBatch(
+        prompt_ids=torch.ones(4, 2, dtype=torch.long), prompt_mask=torch.ones(4, 2, dtype=torch.long),
+        completion_ids=torch.ones(4, C, dtype=torch.long), completion_mask=mask, sample_logprobs=old,
+        group_ids=torch.zeros(4, dtype=torch.long), finished=torch.ones(4, dtype=torch.bool),
+        rewards=torch.tensor([1.0, 0, 0, 1]), advantages=group_zscore(torch.tensor([1.0, 0, 0, 1]), torch.zeros(4, dtype=torch.long)),
+    )
+
+
+# aggregation -> (loss value at rho = 1, d loss / d logp for seq 0 token 0), hand-computed in the spec
+GOLDEN_AGG = {
+    "seq_mean_token_mean": (0.0, -0.86603 / (4 * 3)),
+    "token_mean": (-(3 - 2 - 1 + 2) * 0.86603 / 8, -0.86603 / 8),
+    "seq_sum_const": (-(3 - 2 - 1 + 2) * 0.86603 / 4 / 4, -0.86603 / (4 * 4)),
+}
+
+
+def test_every_aggregation_has_a_golden_row():
+    assert set(AGGREGATIONS) == set(GOLDEN_AGG)
+
+
+@pytest.mark.parametrize("agg", sorted(AGGREGATIONS))
+def test_aggregation_golden_on_policy(agg):
+    batch = fixture_batch()
+    batch.loss_weights = AGGREGATIONS[agg](batch.completion_mask, 4.0)
+    logp = torch.full((4, 3), -1.0, requires_grad=True)
+    token_loss, stats = ClippedPolicyGradient().token_loss(logp, batch)
+    loss = (token_loss * batch.loss_weights).sum()
+    loss.backward()
+    want_loss, want_grad0 = GOLDEN_AGG[agg]
+    assert loss.item() == pytest.approx(want_loss, abs=1e-5)
+    assert logp.grad[0, 0].item() == pytest.approx(want_grad0, abs=1e-6)
+    assert torch.all(logp.grad[batch.completion_mask == 0] == 0)  # padding carries no gradient
+    assert stats["loss/clip_frac"].sum() == 0
+
+
+def test_dr_grpo_token_gradient_independent_of_length():
+    # Dr.GRPO golden: advantages +-0.5, constant 4 -> every token gradient is -A_i / 16 whatever L_i is.
+    batch = fixture_batch()
+    batch.advantages = torch.tensor([0.5, -0.5, -0.5, 0.5])
+    batch.loss_weights = AGGREGATIONS["seq_sum_const"](batch.completion_mask, 4.0)
+    logp = torch.full((4, 3), -1.0, requires_grad=True)
+    token_loss, _ = ClippedPolicyGradient().token_loss(logp, batch)
+    loss = (token_loss * batch.loss_weights).sum()
+    loss.backward()
+    assert loss.item() == pytest.approx(-0.0625, abs=1e-7)
+    want = torch.tensor([[-1, -1, -1], [1, 1, 0], [1, 0, 0], [-1, -1, 0]]) * 0.03125
+    assert torch.allclose(logp.grad, want.float(), atol=1e-7)
+
+
+def test_clipping_golden():
+    # A = +A, rho = e^0.5 = 1.6487 > 1.2 -> clipped: loss = -A * 1.2, zero gradient on that token.
+    # A = -A, rho = e^-0.5 = 0.60653 < 0.8 -> max(-A*0.6065, -A*0.8) = 0.69282 (clipped, zero gradient).
+    # A = -A, rho = e^0.5 -> unclipped side is larger: loss = A*1.6487 = 1.42785, gradient A*rho.
+    A = math.sqrt(3) / 2  # the fixture's advantage magnitude
+    batch = fixture_batch()
+    logp = torch.tensor([[-0.5, -1.0, -1.0], [-1.5, -1.0, -1.0], [-0.5, -1.0, -1.0], [-1.0, -1.0, -1.0]], requires_grad=True)
+    token_loss, stats = ClippedPolicyGradient(0.2, 0.2).token_loss(logp, batch)
+    assert token_loss[0, 0].item() == pytest.approx(-A * 1.2, abs=1e-5)
+    assert token_loss[1, 0].item() == pytest.approx(A * 0.8, abs=1e-5)
+    assert token_loss[2, 0].item() == pytest.approx(A * math.exp(0.5), abs=1e-5)
+    token_loss[:, 0].sum().backward()
+    assert logp.grad[0, 0].item() == 0.0 and logp.grad[1, 0].item() == 0.0
+    assert logp.grad[2, 0].item() == pytest.approx(A * math.exp(0.5), abs=1e-5)
+    assert stats["loss/clip_frac"][:3, 0].tolist() == [1.0, 1.0, 0.0]
+
+
+def test_clip_higher_widens_upper_bound_only():
+    batch = fixture_batch()
+    logp = torch.full((4, 3), -1.0)
+    logp[0, 0] = -1.0 + math.log(1.25)  # rho = 1.25: clipped at 1.2, not at 1.28
+    sym, _ = ClippedPolicyGradient(0.2, 0.2).token_loss(logp, batch)
+    hi, _ = ClippedPolicyGradient(0.2, 0.28).token_loss(logp, batch)
+    assert sym[0, 0].item() == pytest.approx(-0.86603 * 1.2, abs=1e-5)
+    assert hi[0, 0].item() == pytest.approx(-0.86603 * 1.25, abs=1e-5)
+
+
+def test_kl_estimator_golden():
+    # pi = 0.5, pref = 0.25: log r = -0.69315; k1 = 0.69315, k2 = 0.24023, k3 = 0.19315
+    logp = torch.tensor([math.log(0.5)], requires_grad=True)
+    ref = torch.tensor([math.log(0.25)])
+    values = {"k1": 0.69315, "k2": 0.24023, "k3": 0.19315}
+    grads = {"k1": 1.0, "k2": 0.69315, "k3": 0.5}  # d/d log pi
+    assert set(KL_ESTIMATORS) == set(values)
+    for name, fn in KL_ESTIMATORS.items():
+        if logp.grad is not None:
+            logp.grad = None
+        v = fn(logp, ref)
+        v.sum().backward()
+        assert v.item() == pytest.approx(values[name], abs=1e-5)
+        assert logp.grad.item() == pytest.approx(grads[name], abs=1e-5)
+
+
+def test_grpo_kl_in_loss_golden():
+    # logp = -1.0, reflogp = -1.2 -> k3 = e^-0.2 + 0.2 - 1 = 0.0187308; beta * k3 is added per token.
+    batch = fixture_batch()
+    batch.advantages = torch.zeros(4)
+    batch.ref_logprobs = torch.full((4, 3), -1.2)
+    obj = ClippedPolicyGradient(beta=0.5, kl_estimator="k3")
+    assert obj.needs == {"ref"}
+    token_loss, stats = obj.token_loss(torch.full((4, 3), -1.0), batch)
+    assert token_loss[0, 0].item() == pytest.approx(0.5 * 0.0187308, abs=1e-7)
+    assert stats["kl/ref_k3"][0, 0].item() == pytest.approx(0.0187308, abs=1e-7)
+    assert ClippedPolicyGradient(beta=0.0).needs == set()
+
+
+def test_zero_gradient_rows():
+    batch = fixture_batch()
+    batch.advantages = torch.tensor([0.5, 0.0, -0.5, 0.0])
+    assert ClippedPolicyGradient(beta=0.0).rows_with_gradient(batch).tolist() == [True, False, True, False]
+    assert ClippedPolicyGradient(beta=0.1).rows_with_gradient(batch).all()
