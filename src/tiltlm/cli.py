@@ -181,6 +181,8 @@ def cmd_config(ns: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from tiltlm.pretrain import PretrainConfig
+
     p = argparse.ArgumentParser(prog="tiltlm", description="Fine-tune language models toward a target distribution.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -208,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pt = sub.add_parser("pretrain", help="(re)build the embedded base model by supervised learning on a+b")
     pt.add_argument("--out", required=True)
-    pt.add_argument("--steps", type=int, default=600)
+    pt.add_argument("--steps", type=int, default=PretrainConfig.steps)
     pt.add_argument("--seed", type=int, default=0)
     pt.add_argument("--threads", type=int, default=1)
     pt.set_defaults(fn=cmd_pretrain)

@@ -95,14 +95,17 @@ def load_model_and_tokenizer(path: str, dtype: torch.dtype = torch.float32):
     return model, tokenizer
 
 
-def save_pretrained_atomic(model, tokenizer, out_dir: str | os.PathLike) -> Path:
-    """Save model (safetensors) + tokenizer into ``out_dir`` via a temp dir and a rename: never half-written."""
+def save_pretrained_atomic(model, tokenizer, out_dir: str | os.PathLike, extra_files: dict[str, str] | None = None) -> Path:
+    """Save model (safetensors) + tokenizer (+ small text files) into ``out_dir`` via a temp dir and a rename."""
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; a checkpoint directory should be readable like any other
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             out.rename(old)

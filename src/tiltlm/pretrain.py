@@ -2,7 +2,7 @@
 
 Deterministic on CPU for a fixed seed and thread count, so the shipped weights can be rebuilt bit for bit:
 
-    tiltlm pretrain --out src/tiltlm/assets/base        # seed 0, 450 steps, 1 thread
+    tiltlm pretrain --out src/tiltlm/assets/base        # the defaults: seed 0, 550 steps, lr 1e-3, 1 thread
 
 Partial competence is deliberate: RL sharpens what the base can already sometimes do; a base that is always right
 or never right gives every group identical rewards and zero gradient.
@@ -10,9 +10,10 @@ or never right gives every group identical rewards and zero gradient.
 
 from __future__ import annotations
 
+import json
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -25,9 +26,9 @@ from tiltlm.tasks.arithmetic import Arithmetic
 
 @dataclass
 class PretrainConfig:
-    steps: int = 450
+    steps: int = 550
     batch_size: int = 128
-    lr: float = 3e-3
+    lr: float = 1e-3
     warmup_steps: int = 20
     schedule: str = "constant"
     hidden: int = 128
@@ -70,5 +71,6 @@ def pretrain(cfg: PretrainConfig, out_dir: str, log=print):
         if step % 50 == 0 or step == cfg.steps:
             log(f"  step {step:4d}  loss {loss.item():.4f}  {time.time() - t0:.0f}s")
     model.eval()
-    save_pretrained_atomic(model, tokenizer, out_dir)
+    recipe = json.dumps({"recipe": "tiltlm pretrain", **asdict(cfg)}, indent=2)
+    save_pretrained_atomic(model, tokenizer, out_dir, extra_files={"pretrain.json": recipe})
     return model, tokenizer

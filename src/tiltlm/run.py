@@ -159,13 +159,14 @@ class Run:
         self._metrics.write(json.dumps(metrics) + "\n")
         self._metrics.flush()
 
-    def evaluate(self, s: Setup, step: int) -> EvalResult:
+    def evaluate(self, s: Setup, step: int, log: bool = True) -> EvalResult:
         c = self.cfg
         result = evaluate(
             s.model, s.tokenizer, s.task, s.task.heldout(c.eval.prompts), c.eval.samples, list(c.eval.k),
             c.rollout.max_new_tokens, c.eval.temperature, seed=c.train.seed + 10_000,
         )
-        self.log({"step": step, **result.as_metrics()})
+        if log:
+            self.log({"step": step, **result.as_metrics()})
         return result
 
     def save_final(self, s: Setup) -> Path:

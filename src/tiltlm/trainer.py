@@ -100,7 +100,7 @@ def train(cfg: Config, progress=None) -> TrainResult:
                 "perf/tokens_per_s": batch.lengths.sum().item() / (t_end - t0),
             }
             if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.steps:
-                metrics.update(run.evaluate(s, step).as_metrics())
+                metrics.update(run.evaluate(s, step, log=False).as_metrics())  # logged with the step
             run.log(metrics)
             history.append(metrics)
             bar.advance(metrics)

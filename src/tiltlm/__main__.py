@@ -1,0 +1,7 @@
+"""`python -m tiltlm` == the `tiltlm` command."""
+
+import sys
+
+from tiltlm.cli import main
+
+sys.exit(main())
