@@ -223,7 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ns = build_parser().parse_args(argv)
+    parser = build_parser()
+    ns, extra = parser.parse_known_args(argv)
+    if extra:  # key=value task options may come after --flags (argparse cannot intermix positionals)
+        if ns.command == "eval" and all("=" in e and not e.startswith("-") for e in extra):
+            ns.task_options += extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return ns.fn(ns)
     except TiltError as e:

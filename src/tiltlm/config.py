@@ -80,14 +80,14 @@ class OptimConfig:
     lr: float = f(5e-4, "peak learning rate (AdamW)")
     betas: list = f([0.9, 0.99], "AdamW betas")
     weight_decay: float = f(0.0, "AdamW weight decay")
-    warmup_steps: int = f(5, "linear warm-up steps")
+    warmup_steps: int = f(30, "linear warm-up steps (optimizer steps)")
     schedule: str = f("constant", "after warm-up: constant | cosine | linear")
     grad_clip: float = f(1.0, "max global grad norm (0 = off)")
 
 
 @dataclass
 class TrainConfig:
-    steps: int = f(120, "optimizer batches to run")
+    steps: int = f(500, "optimizer batches (rollout steps) to run")
     updates_per_batch: int = f(1, "mu: optimizer steps per rollout batch (ratio != 1 after the first)")
     micro_batch_size: int = f(256, "sequences per forward/backward (gradient accumulation; loss is invariant)")
     skip_zero_gradient_rows: bool = f(
@@ -175,7 +175,7 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
         full = f"{prefix}{key}"
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
-            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f" (valid: {', '.join(names)})"
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f" (valid: {', '.join(prefix + n for n in names)})"
             raise TiltError(f"unknown config key '{full}'{hint}")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):

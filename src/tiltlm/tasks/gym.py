@@ -67,7 +67,10 @@ class ReasoningGymTask:
             raise TiltError(f"reasoning-gym dataset '{self.dataset}' rejected task.options: {e}") from None
         self._scorer = train
         fmt = COMPACT_PROMPTS.get(self.dataset) if self.compact else None
-        to_ex = (lambda e: Example(fmt(e) if fmt else e["question"], str(e["answer"]), meta={"entry": e}))
+
+        def to_ex(e: dict) -> Example:
+            return Example(fmt(e) if fmt else e["question"], str(e["answer"]), meta={"entry": e})
+
         self._heldout = [to_ex(e) for e in held]
         held_prompts = {ex.prompt for ex in self._heldout}
         # Disjoint splits: drop any training item whose prompt also appears in the held-out set.
