@@ -12,14 +12,16 @@ from tiltlm.trainer import train
 
 @pytest.mark.slow
 def test_short_grpo_run_raises_heldout_reward(tmp_path):
-    # Easy task (1-2 digit operands), 60 steps: the base is partially competent there, so GRPO has signal.
+    # Easy task (2-digit operands; the base gets ~62% sampled, ~82% greedy), 60 steps of 32 prompts x 8 samples.
     cfg = load_config(None, [
-        f"log.run_dir={tmp_path}", "log.progress=false", "task.max_digits=2", "train.steps=60",
-        "rollout.prompts_per_step=32", "eval.prompts=100", "eval.samples=16", "eval.k=[1,16]", "train.seed=0",
+        f"log.run_dir={tmp_path}", "log.progress=false", "task.min_digits=2", "task.max_digits=2",
+        "train.steps=60", "rollout.prompts_per_step=32", "optim.lr=2e-4", "optim.warmup_steps=5",
+        "eval.prompts=100", "eval.samples=16", "eval.k=[1,16]", "train.seed=0",
     ])
     result = train(cfg)
     base, tuned = result.base_eval.pass_at[1], result.final_eval.pass_at[1]
-    # Measured: base 0.XX -> tuned 0.XX (seed 0). The margin leaves room for platform float differences.
+    # Measured here: seeds 0/1/2 gained +16.0/+13.6/+14.0 points (0.62 -> 0.76-0.78). The +5 point bar leaves a
+    # wide margin for float differences across platforms; a broken loss sign or advantage drops pass@1 instead.
     assert tuned >= base + 0.05, (base, tuned)
     assert result.final_eval.mean_reward > result.base_eval.mean_reward
 

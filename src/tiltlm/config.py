@@ -77,7 +77,7 @@ class AdvantageConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = f(5e-4, "peak learning rate (AdamW)")
+    lr: float = f(3e-4, "peak learning rate (AdamW)")
     betas: list = f([0.9, 0.99], "AdamW betas")
     weight_decay: float = f(0.0, "AdamW weight decay")
     warmup_steps: int = f(30, "linear warm-up steps (optimizer steps)")
