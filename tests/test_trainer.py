@@ -56,3 +56,29 @@ def _load(run_dir):
     from safetensors.torch import load_file
 
     return load_file(f"{run_dir}/final/model.safetensors")
+
+
+def test_any_local_hf_model_dir_works_qwen2(tmp_path, tokenizer):
+    """The same code path trains another architecture saved locally (here a tiny random Qwen2)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from tiltlm.models import save_pretrained_atomic
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    model_dir = save_pretrained_atomic(Qwen2ForCausalLM(cfg), tokenizer, tmp_path / "qwen2")
+    r = train(load_config(None, [*TINY, f"log.run_dir={tmp_path}/runs", f"model.path={model_dir}", "train.steps=2",
+                                 "eval.prompts=4", "eval.samples=2", "eval.k=[1,2]", "objective.beta=0.05"]))
+    from transformers import AutoModelForCausalLM
+
+    assert type(AutoModelForCausalLM.from_pretrained(f"{r.run_dir}/final")).__name__ == "Qwen2ForCausalLM"
+    assert r.final_eval is not None and 0 <= r.final_eval.pass_at[1] <= 1
+
+
+def test_reasoning_gym_task_trains(tmp_path):
+    r = train(load_config(None, [*TINY, f"log.run_dir={tmp_path}", "task.name=reasoning_gym", "task.dataset=chain_sum",
+                                 "task.size=50", "train.steps=2", "eval.prompts=4", "eval.samples=2", "eval.k=[1]"]))
+    rows = [x for x in _metrics(r.run_dir) if "rollout/reward" in x]
+    assert len(rows) == 2 and all(0 <= x["rollout/reward"] <= 1 for x in rows)
