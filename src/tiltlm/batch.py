@@ -25,7 +25,8 @@ class RolloutBatch:
     rewards: torch.Tensor | None = None  # [B]
     correct: torch.Tensor | None = None  # [B] bool
     advantages: torch.Tensor | None = None  # [B] (sequence-level, broadcast over tokens)
-    ref_logprobs: torch.Tensor | None = None  # [B, C] frozen reference, only when the objective needs it
+    ref_logprobs: torch.Tensor | None = None  # [B, C] frozen reference / prior, only when the objective needs it
+    policy_logprobs: torch.Tensor | None = None  # [B, C] current policy, when samples came from another proposal
     loss_weights: torch.Tensor | None = None  # [B, C] aggregation weights, fixed on the full batch
 
     @property

@@ -61,17 +61,23 @@ class RolloutConfig:
 @dataclass
 class ObjectiveConfig:
     name: str = f("grpo", "objective (registry OBJECTIVES); `tiltlm algorithms` lists them")
+    beta: float = f(0.0, "pg: KL coefficient (0 = no reference model); f-DPG family: target temperature, pi* ∝ pi0 exp(r/beta)")
     clip_low: float = f(0.2, "PPO clip: ratio lower bound is 1 - clip_low")
     clip_high: float = f(0.2, "PPO clip: ratio upper bound is 1 + clip_high (DAPO clip-higher uses 0.28)")
-    beta: float = f(0.0, "KL coefficient to the frozen reference; 0 = no reference model is loaded or run")
-    kl_estimator: str = f("k3", "per-token KL estimator in the loss: k1 | k2 | k3")
-    aggregation: str = f("seq_mean_token_mean", "loss aggregation: seq_mean_token_mean | token_mean | seq_sum_const")
+    kl_estimator: str = f("k3", "per-token KL estimator: k1 | k2 | k3")
+    kl_placement: str = f("loss", "where the KL goes: loss (GRPO) | reward (KL-regularised RL, use k1)")
+    kl_correction: bool = f(False, "loss placement: multiply the KL term by pi/pi_old (unbiased reverse KL for k3)")
+    evidence: str = f("reward", "f-DPG target evidence: reward (pi0 exp(r/beta)) | constraint (pi0 * 1[correct])")
+    divergence: str = f("fkl", "fdpg: fkl | rkl | js | tv | alpha")
+    alpha: float = f(0.5, "fdpg: alpha of the alpha-divergence")
+    z_estimate: str = f("group", "f-DPG: log Z per prompt group (group) or over all samples seen (running)")
+    aggregation: str = f("auto", "loss aggregation: auto (the objective's) | seq_mean_token_mean | token_mean | seq_mean_token_sum | seq_sum_const")
     aggregation_constant: float = f(0.0, "seq_sum_const normaliser (0 = rollout.max_new_tokens)")
 
 
 @dataclass
 class AdvantageConfig:
-    name: str = f("group_zscore", "advantage estimator (registry ADVANTAGES)")
+    name: str = f("auto", "advantage estimator (registry ADVANTAGES); auto = the objective's default")
     eps: float = f(1e-6, "added to the std in normalised advantages")
 
 

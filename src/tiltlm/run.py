@@ -101,9 +101,12 @@ def prepare(cfg: Config) -> Setup:
     """Resolve every choice from its registry and load everything; raises TiltError on any bad input."""
     _check_positive(cfg)
     build_objective, _ = pick(OBJECTIVES, cfg.objective.name, "objective.name")
-    advantage = pick(ADVANTAGES, cfg.advantage.name, "advantage.name")
-    aggregate = pick(AGGREGATIONS, cfg.objective.aggregation, "objective.aggregation")
     pick(KL_ESTIMATORS, cfg.objective.kl_estimator, "objective.kl_estimator")
+    objective = build_objective(cfg.objective)
+    adv_name = objective.default_advantage if cfg.advantage.name == "auto" else cfg.advantage.name
+    advantage = pick(ADVANTAGES, adv_name, "advantage.name")
+    agg_name = objective.default_aggregation if cfg.objective.aggregation == "auto" else cfg.objective.aggregation
+    aggregate = pick(AGGREGATIONS, agg_name, "objective.aggregation")
     engine_cls = pick(ENGINES, cfg.rollout.engine, "rollout.engine")
     dtype = pick(DTYPES, cfg.model.dtype, "model.dtype")
     schedules = {"constant", "cosine", "linear"}
@@ -119,7 +122,6 @@ def prepare(cfg: Config) -> Setup:
         raise TiltError(f"task '{cfg.task.name}' has no held-out examples to evaluate on")
     model, tokenizer = load_model_and_tokenizer(cfg.model.path, dtype)
     model.to(device)
-    objective = build_objective(cfg.objective)
     reference = None
     if "ref" in objective.needs:
         reference, _ = load_model_and_tokenizer(cfg.model.path, dtype)

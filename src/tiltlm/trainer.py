@@ -4,6 +4,7 @@ For the policy-gradient family (GRPO and kin), with G samples per prompt from pi
 
     A_i    = advantage(r_1..r_G)_i                                   (advantages.py)
     loss   = sum_{i,t} w_{i,t} * [ max(-A_i rho_{i,t}, -A_i clip(rho_{i,t})) + beta KL_{i,t} ]
+(other objectives swap the signal r for a pseudo-reward and the per-token loss: objectives/)
     rho    = pi_theta(y_t|s_t) / pi_old(y_t|s_t),   w = aggregation weights fixed on the full batch
 
 Each step, top to bottom:
@@ -73,8 +74,8 @@ def train(cfg: Config, progress=None) -> TrainResult:
             # 4. attach the log-probs the objective needs (never computed otherwise)
             if "ref" in s.objective.needs:
                 batch.ref_logprobs = s.reference_logprobs(batch)
-            # 5. advantages and aggregation weights, on the full batch
-            batch.advantages = s.advantage(batch.rewards, batch.group_ids, cfg.advantage.eps)
+            # 5. the objective's per-sequence signal (reward or pseudo-reward) -> advantages; aggregation weights
+            batch.advantages = s.advantage(s.objective.sequence_signal(batch), batch.group_ids, cfg.advantage.eps)
             batch.loss_weights = s.aggregate(batch.completion_mask, s.aggregation_constant)
             # 6. update: mu optimizer steps; zero-gradient rows left out (their weights stay in the normaliser)
             rows = s.objective.rows_with_gradient(batch) if cfg.train.skip_zero_gradient_rows else torch.ones(P * G, dtype=torch.bool)

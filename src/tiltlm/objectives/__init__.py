@@ -1,7 +1,11 @@
-"""Objectives: ``OBJECTIVES[name](cfg) -> objective`` with ``needs``, ``rows_with_gradient`` and ``token_loss``.
+"""Objectives: ``OBJECTIVES[name] = (build(cfg) -> objective, one-line description)``.
 
-An objective turns current log-probs plus a RolloutBatch into per-token losses; aggregation into a scalar is a
-separate, explicit choice (objectives/aggregation.py). The trainer never branches on the objective's name.
+An objective answers four questions, and the trainer asks them without ever looking at its name:
+  needs                  which extra log-probs to compute ({"ref"}: the frozen reference / prior)
+  sequence_signal(b)     the per-sequence signal the advantage estimator baselines (a reward or a pseudo-reward)
+  rows_with_gradient(b)  which rows can change the parameters (others may be left out of the backward)
+  token_loss(logp, b)    per-token losses; the scalar is sum(loss * aggregation weights), an explicit choice
+plus ``default_advantage`` / ``default_aggregation`` used when the config says ``auto``.
 """
 
 from __future__ import annotations
@@ -13,26 +17,67 @@ import torch
 
 from tiltlm.batch import RolloutBatch
 from tiltlm.config import ObjectiveConfig
+from tiltlm.errors import TiltError
 from tiltlm.objectives.aggregation import AGGREGATIONS
+from tiltlm.objectives.fdpg import F_DIVERGENCES, FDivergence
 from tiltlm.objectives.kl import KL_ESTIMATORS
 from tiltlm.objectives.pg import ClippedPolicyGradient
+from tiltlm.target import ConstraintEvidence, RewardEvidence, Target
 
 
 class Objective(Protocol):
     needs: set[str]
+    default_advantage: str
+    default_aggregation: str
+
+    def sequence_signal(self, batch: RolloutBatch) -> torch.Tensor: ...
 
     def rows_with_gradient(self, batch: RolloutBatch) -> torch.Tensor: ...
 
     def token_loss(self, logp: torch.Tensor, batch: RolloutBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
 
 
+def build_target(c: ObjectiveConfig) -> Target:
+    """The target pi0 * evidence named by the config (pi0 is the frozen reference model)."""
+    if c.evidence == "reward":
+        if c.beta <= 0:
+            raise TiltError("objective.evidence=reward needs objective.beta > 0 (the target temperature)")
+        return Target(RewardEvidence(c.beta))
+    if c.evidence == "constraint":
+        return Target(ConstraintEvidence(1.0))
+    raise TiltError(f"unknown objective.evidence '{c.evidence}' (valid: reward, constraint)")
+
+
 def _grpo(c: ObjectiveConfig) -> Objective:
-    return ClippedPolicyGradient(c.clip_low, c.clip_high, c.beta, c.kl_estimator)
+    if c.kl_placement not in ("loss", "reward"):
+        raise TiltError(f"unknown objective.kl_placement '{c.kl_placement}' (valid: loss, reward)")
+    return ClippedPolicyGradient(c.clip_low, c.clip_high, c.beta, c.kl_estimator, c.kl_placement, c.kl_correction)
 
 
-# name -> (builder, one-line description with the paper)
+def _kl_rl(c: ObjectiveConfig) -> Objective:
+    if c.beta <= 0:
+        raise TiltError("objective 'kl_rl' needs objective.beta > 0")
+    return ClippedPolicyGradient(c.clip_low, c.clip_high, c.beta, "k1", "reward", False, default_advantage="group_mean")
+
+
+def _fdpg(divergence: str | None) -> Callable[[ObjectiveConfig], Objective]:
+    def build(c: ObjectiveConfig) -> Objective:
+        div = divergence or c.divergence
+        if div not in (*F_DIVERGENCES, "alpha"):
+            raise TiltError(f"unknown objective.divergence '{div}' (valid: {', '.join([*F_DIVERGENCES, 'alpha'])})")
+        if c.z_estimate not in ("group", "running"):
+            raise TiltError(f"unknown objective.z_estimate '{c.z_estimate}' (valid: group, running)")
+        return FDivergence(build_target(c), div, c.alpha, c.z_estimate)
+
+    return build
+
+
 OBJECTIVES: dict[str, tuple[Callable[[ObjectiveConfig], Objective], str]] = {
-    "grpo": (_grpo, "clipped policy gradient + optional KL-to-reference loss (Shao et al. 2024, DeepSeekMath)"),
+    "grpo": (_grpo, "clipped PG + optional KL-to-reference in the loss or reward (Shao et al. 2024, DeepSeekMath)"),
+    "kl_rl": (_kl_rl, "KL-regularised RL, k1 KL as a reward penalty: reverse KL to pi0 exp(r/beta) (Korbak et al. 2022)"),
+    "dpg": (_fdpg("fkl"), "forward KL(p || pi) by distribution matching (Parshakova et al. 2019; Khalifa et al. 2021)"),
+    "fdpg": (_fdpg(None), "f-divergence D_f(pi || p): fkl | rkl | js | tv | alpha (Go et al. 2023)"),
 }
 
-__all__ = ["AGGREGATIONS", "KL_ESTIMATORS", "OBJECTIVES", "ClippedPolicyGradient", "Objective"]
+__all__ = ["AGGREGATIONS", "KL_ESTIMATORS", "OBJECTIVES", "ClippedPolicyGradient", "FDivergence", "Objective",
+           "build_target"]

@@ -7,6 +7,7 @@ means.
 
 - ``seq_mean_token_mean``: mean over sequences of each sequence's token mean (GRPO paper, GSPO).
 - ``token_mean``: sum over all valid tokens / number of valid tokens (DAPO, Lite PPO).
+- ``seq_mean_token_sum``: each sequence's token sum (its sequence log-prob), mean over sequences (DPG, f-DPG).
 - ``seq_sum_const``: each sequence's token sum / a constant, then mean over sequences (Dr.GRPO).
 """
 
@@ -27,6 +28,11 @@ def token_mean(mask: torch.Tensor, constant: float = 0.0) -> torch.Tensor:
     return mask / mask.sum().clamp(min=1)
 
 
+def seq_mean_token_sum(mask: torch.Tensor, constant: float = 0.0) -> torch.Tensor:
+    mask = mask.float()
+    return mask / mask.shape[0]
+
+
 def seq_sum_const(mask: torch.Tensor, constant: float = 0.0) -> torch.Tensor:
     if constant <= 0:
         raise ValueError("seq_sum_const needs a positive constant (e.g. the max generation length)")
@@ -37,5 +43,6 @@ def seq_sum_const(mask: torch.Tensor, constant: float = 0.0) -> torch.Tensor:
 AGGREGATIONS: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
     "seq_mean_token_mean": seq_mean_token_mean,
     "token_mean": token_mean,
+    "seq_mean_token_sum": seq_mean_token_sum,
     "seq_sum_const": seq_sum_const,
 }

@@ -1,15 +1,22 @@
-"""Clipped policy gradient with an optional KL-to-reference loss term: GRPO's objective.
+"""Clipped policy gradient with an optional KL-to-reference term: GRPO's objective, and KL-regularised RL.
 
-    loss_t = max(-A * rho_t, -A * clip(rho_t, 1 - eps_low, 1 + eps_high)) + beta * KL_t,
+    loss_t = max(-A * rho_t, -A * clip(rho_t, 1 - eps_low, 1 + eps_high)) [+ beta * KL_t  if kl_placement = loss]
     rho_t  = pi_theta(y_t | s_t) / pi_old(y_t | s_t)
+    signal = r(x, y)                                    [- beta * sum_t KL_t  if kl_placement = reward]
 
-Shao et al. 2024, "DeepSeekMath" (GRPO); Schulman et al. 2017 (PPO clip); Yu et al. 2025 (DAPO clip-higher:
-eps_high > eps_low). pi_old is the sampling policy: its log-probs were recorded at generation time, so no extra
-forward pass is needed for them. With beta > 0 the objective asks for reference log-probs (``needs = {"ref"}``);
-with beta = 0 no reference model exists at all.
+Shao et al. 2024, "DeepSeekMath" (GRPO: KL in the loss, k3); Schulman et al. 2017 (PPO clip); Yu et al. 2025 (DAPO
+clip-higher: eps_high > eps_low); Ouyang et al. 2022 / Korbak et al. 2022 (KL as a reward penalty: with k1 in the
+reward, the expected gradient is exactly that of E[r] - beta KL(pi || pi0) = beta log Z - beta KL(pi || pi*), i.e.
+reverse-KL inference toward pi* ∝ pi0 exp(r / beta)).
 
-Deviation from the paper: the KL estimator is a choice (k1/k2/k3, default k3 as in the paper); note that k3 in the
-loss regularises toward the *forward* KL in expectation (see objectives/kl.py).
+What each KL choice actually regularises (spec objectives.md section 3, tested in tests/test_kl_gradients.py):
+  reward + k1           reverse KL(pi || pi_ref)  (unbiased)
+  loss + k1             nothing in expectation (E[grad log pi] = 0): noise only
+  loss + k2             reverse KL(pi || pi_ref)  (on-policy)
+  loss + k3             FORWARD KL(pi_ref || pi)  in expectation -- GRPO's default
+  loss + k3, corrected  reverse KL: k3 times the differentiable ratio pi_theta / pi_old (DeepSeek-V3.2)
+pi_old is the sampling policy: its log-probs were recorded at generation time, so no extra forward is needed.
+With beta = 0 no reference model exists at all.
 """
 
 from __future__ import annotations
@@ -28,14 +35,24 @@ class ClippedPolicyGradient:
     clip_high: float = 0.2
     beta: float = 0.0
     kl_estimator: str = "k3"
+    kl_placement: str = "loss"  # loss | reward
+    kl_correction: bool = False  # loss placement: multiply the KL term by the differentiable ratio pi/pi_old
+    default_advantage: str = "group_zscore"
+    default_aggregation: str = "seq_mean_token_mean"
 
     @property
     def needs(self) -> set[str]:
         return {"ref"} if self.beta > 0 else set()
 
+    def sequence_signal(self, batch: RolloutBatch) -> torch.Tensor:
+        if self.beta > 0 and self.kl_placement == "reward":
+            kl = KL_ESTIMATORS[self.kl_estimator](batch.sample_logprobs, batch.ref_logprobs)
+            return batch.rewards - self.beta * (kl * batch.completion_mask).sum(-1)
+        return batch.rewards
+
     def rows_with_gradient(self, batch: RolloutBatch) -> torch.Tensor:
-        """A row with zero advantage and no KL term contributes exactly zero gradient."""
-        if self.beta > 0:
+        """A row with zero advantage and no KL loss term contributes exactly zero gradient."""
+        if self.beta > 0 and self.kl_placement == "loss":
             return torch.ones(batch.size, dtype=torch.bool)
         return batch.advantages != 0
 
@@ -48,6 +65,7 @@ class ClippedPolicyGradient:
         stats = {"loss/clip_frac": (clipped > unclipped).float(), "loss/ratio": ratio.detach()}
         if self.beta > 0:
             kl = KL_ESTIMATORS[self.kl_estimator](logp, batch.ref_logprobs)
-            loss = loss + self.beta * kl
             stats[f"kl/ref_{self.kl_estimator}"] = kl.detach()
+            if self.kl_placement == "loss":
+                loss = loss + self.beta * (kl * ratio if self.kl_correction else kl)
         return loss, stats
