@@ -74,6 +74,10 @@ class Setup:
     scheduler: Any
     device: torch.device
 
+    @property
+    def params(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
     @torch.no_grad()
     def reference_logprobs(self, batch) -> torch.Tensor:
         out = []

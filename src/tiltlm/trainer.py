@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -51,6 +52,12 @@ def train(cfg: Config, progress=None) -> TrainResult:
     P, G = cfg.rollout.prompts_per_step, cfg.rollout.samples_per_prompt
     base_eval = run.evaluate(s, step=0) if cfg.eval.prompts > 0 and run.eval_at_start else None
     history, t_start, step = [], time.perf_counter(), 0
+
+    def policy_logprobs(mb: RolloutBatch) -> torch.Tensor:
+        logp, _ = sequence_logprobs(s.model, mb.prompt_ids, mb.prompt_mask, mb.completion_ids, mb.completion_mask,
+                                    cfg.rollout.temperature)
+        return logp
+
     with run.progress(progress) as bar:
         for step in range(1, cfg.train.steps + 1):
             t0 = time.perf_counter()
@@ -80,8 +87,10 @@ def train(cfg: Config, progress=None) -> TrainResult:
             # 6. update: mu optimizer steps; zero-gradient rows left out (their weights stay in the normaliser)
             rows = s.objective.rows_with_gradient(batch) if cfg.train.skip_zero_gradient_rows else torch.ones(P * G, dtype=torch.bool)
             train_batch = batch.select(rows)
+            s.model.train()
             for _ in range(cfg.train.updates_per_batch):
-                update_stats = update(s, train_batch, cfg.train.micro_batch_size, cfg.optim.grad_clip, cfg.rollout.temperature)
+                update_stats = update(policy_logprobs, train_batch, s.objective, s.optimizer, s.scheduler, s.params,
+                                      cfg.train.micro_batch_size, cfg.optim.grad_clip)
             t_end = time.perf_counter()
             # 7. log, evaluate, checkpoint
             metrics = {
@@ -113,25 +122,36 @@ def train(cfg: Config, progress=None) -> TrainResult:
     return TrainResult(str(run.dir), step, base_eval, final_eval, history, train_seconds)
 
 
-def update(s: Setup, batch: RolloutBatch, micro_batch_size: int, grad_clip: float, temperature: float) -> dict:
-    """One optimizer step on ``batch``: accumulate sum(w * token_loss) over micro-batches, clip, step."""
-    s.model.train()
-    s.optimizer.zero_grad(set_to_none=False)  # zero (not None) grads: an empty batch still steps exactly as a zero gradient
+def update(
+    logprob_fn: Callable[[RolloutBatch], torch.Tensor],
+    batch: RolloutBatch,
+    objective,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    params: list[torch.nn.Parameter],
+    micro_batch_size: int,
+    grad_clip: float,
+) -> dict:
+    """One optimizer step on ``batch``: accumulate sum(w * token_loss) over micro-batches, clip, step.
+
+    ``logprob_fn(micro_batch) -> [b, C]`` current-policy token log-probs (with grad): a transformer here, a table on
+    the exact test bed -- the rest of the step is shared.
+    """
+    optimizer.zero_grad(set_to_none=False)  # zero (not None) grads: an empty batch still steps as a zero gradient
     sums: dict[str, float] = {}
     tokens = max(1, int(batch.completion_mask.sum()))
     total_loss = 0.0
     for mb in batch.micro_batches(micro_batch_size) if batch.size else []:
-        logp, _ = sequence_logprobs(s.model, mb.prompt_ids, mb.prompt_mask, mb.completion_ids, mb.completion_mask, temperature)
-        token_loss, stats = s.objective.token_loss(logp, mb)
+        token_loss, stats = objective.token_loss(logprob_fn(mb), mb)
         loss = (token_loss * mb.loss_weights).sum()
         loss.backward()
         total_loss += loss.item()
         mask = mb.completion_mask.bool()
         for name, value in stats.items():
             sums[name] = sums.get(name, 0.0) + value[mask].sum().item()
-    grad_norm = torch.nn.utils.clip_grad_norm_(s.model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
-    s.optimizer.step()
-    s.scheduler.step()
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+    optimizer.step()
+    scheduler.step()
     out = {"loss/total": total_loss, "optim/grad_norm": float(grad_norm)}
     out.update({k: v / tokens for k, v in sums.items()})  # token means of the objective's statistics
     return out
