@@ -172,6 +172,21 @@ def cmd_algorithms(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(ns: argparse.Namespace) -> int:
+    """Run ``benchmarks/<name>.py`` from a source checkout (benchmarks are not part of the installed package)."""
+    import runpy
+
+    candidates = [Path.cwd() / "benchmarks", Path(__file__).resolve().parents[2] / "benchmarks"]
+    for folder in candidates:
+        script = folder / f"{ns.name}.py"
+        if script.is_file():
+            sys.argv = [str(script), *ns.bench_args]
+            runpy.run_path(str(script), run_name="__main__")
+            return 0
+    available = sorted({p.stem for f in candidates if f.is_dir() for p in f.glob("*.py")})
+    raise TiltError(f"unknown benchmark '{ns.name}' (available: {', '.join(available) or 'none; run from a checkout'})")
+
+
 def cmd_config(ns: argparse.Namespace) -> int:
     from tiltlm.config import describe
 
@@ -217,6 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("algorithms", help="list registered objectives, advantages, aggregations")
     a.set_defaults(fn=cmd_algorithms)
+    b = sub.add_parser("bench", help="run a benchmark from benchmarks/ (posterior, quickstart_seeds, ...)")
+    b.add_argument("name")
+    b.add_argument("bench_args", nargs=argparse.REMAINDER)
+    b.set_defaults(fn=cmd_bench)
     c = sub.add_parser("config", help="list every config key with its default and doc")
     c.set_defaults(fn=cmd_config)
     return p

@@ -121,3 +121,20 @@ class Target:
         log_z = float(torch.logsumexp(log_iw, 0) - math.log(n))
         ess = float(torch.exp(2 * torch.logsumexp(log_iw, 0) - torch.logsumexp(2 * log_iw, 0)))
         return log_z, ess
+
+
+def kl_from_target(log_weights: torch.Tensor, proposal_logprob: torch.Tensor, model_logprob: torch.Tensor) -> float:
+    """Importance-sampling estimate of KL(p || m) from samples of a proposal q (naver/disco ``metrics/kl.py``):
+
+        KL(p || m) = -log Z + (1/Z) mean_{y~q}[ (P(y)/q(y)) (log P(y) - log m(y)) ],   Z = mean P/q.
+
+    Used by KL-adaptive DPG to decide whether the policy has become a better proposal than the current one.
+    """
+    log_iw = log_weights.double() - proposal_logprob.double()
+    log_z, _ = Target.log_Z(log_iw)
+    if not math.isfinite(log_z):
+        return math.inf
+    keep = torch.isfinite(log_iw)
+    w = torch.exp(log_iw[keep] - log_z)
+    n = log_iw.numel()
+    return float(-log_z + (w * (log_weights.double()[keep] - model_logprob.double()[keep])).sum() / n)

@@ -22,7 +22,7 @@ from tiltlm.advantages import ADVANTAGES
 from tiltlm.batch import RolloutBatch
 from tiltlm.config import ObjectiveConfig
 from tiltlm.objectives import AGGREGATIONS, OBJECTIVES
-from tiltlm.target import ConstraintEvidence, RewardEvidence, Target
+from tiltlm.target import ConstraintEvidence, RewardEvidence, Target, kl_from_target
 
 
 class TabularPolicy(torch.nn.Module):
@@ -110,11 +110,16 @@ class Exact:
 class Testbed:
     """A random tabular prior over V^L sequences plus a reward; exact posteriors and divergences for any policy."""
 
-    def __init__(self, vocab: int = 4, length: int = 8, reward: str = "count:0", seed: int = 0, prior_scale: float = 1.0):
+    def __init__(self, vocab: int = 4, length: int = 8, reward: str = "count:0", seed: int = 0, prior_scale: float = 1.0,
+                 rare_token_bias: float = 0.0):
+        """``rare_token_bias`` lowers the prior logit of the last token everywhere, making "contains:V-1" a hard
+        constraint (small Z) like disco's word-inclusion targets."""
         self.V, self.L = vocab, length
         g = torch.Generator().manual_seed(seed)
         n_rows = (vocab**length - 1) // (vocab - 1)
-        self.prior = TabularPolicy(vocab, length, prior_scale * torch.randn(n_rows, vocab, generator=g, dtype=torch.float64))
+        logits = prior_scale * torch.randn(n_rows, vocab, generator=g, dtype=torch.float64)
+        logits[:, -1] -= rare_token_bias
+        self.prior = TabularPolicy(vocab, length, logits)
         self.prior.requires_grad_(False)
         self.seqs = all_sequences(vocab, length)
         self.rewards = make_reward(reward, self.seqs)
@@ -160,17 +165,20 @@ class Testbed:
     def train(
         self, objective: str, samples: int = 65536, samples_per_step: int = 128, group: int = 0, lr: float = 0.05,
         seed: int = 0, measure_every: int = 10, advantage: str = "auto", aggregation: str = "auto",
-        target_beta: float | None = None, **objective_kw,
+        target_beta: float | None = None, target_evidence: str | None = None, proposal_every: int = 0,
+        **objective_kw,
     ) -> list[dict]:
         """Train a fresh copy of the prior with ``objective`` for ``samples`` sampled sequences; exact curve.
 
-        Divergences are measured to pi0 * evidence at ``target_beta`` (default: the objective's beta, else 1)."""
+        Divergences are measured to pi0 * ``target_evidence`` at ``target_beta`` (defaults: the objective's).
+        ``proposal_every > 0`` samples from a frozen proposal q (initially pi0) and, every that many steps, replaces
+        q by the policy when the policy is estimated closer to the target (KL-adaptive DPG, Khalifa et al. 2021)."""
         from tiltlm.trainer import update
 
         objective_kw.setdefault("z_estimate", "running")  # one context: Z is shared by every sample seen
         cfg = ObjectiveConfig(name=objective, **objective_kw)
         obj = OBJECTIVES[objective][0](cfg)
-        exact = self.exact(self.target(cfg.evidence, target_beta or cfg.beta or 1.0))
+        exact = self.exact(self.target(target_evidence or cfg.evidence, target_beta or cfg.beta or 1.0))
         adv_fn = ADVANTAGES[obj.default_advantage if advantage == "auto" else advantage]
         agg_fn = AGGREGATIONS[obj.default_aggregation if aggregation == "auto" else aggregation]
         policy = TabularPolicy(self.V, self.L, self.prior.logits.detach())
@@ -178,9 +186,14 @@ class Testbed:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
         gen = torch.Generator().manual_seed(seed)
         curve = [{"samples": 0, **self.measure(policy, exact)}]
+        proposal = TabularPolicy(self.V, self.L, self.prior.logits.detach()) if proposal_every else None
+        target, swaps = self.target(cfg.evidence, cfg.beta or 1.0), 0
         steps = samples // samples_per_step
         for step in range(1, steps + 1):
-            batch = self.batch(policy, samples_per_step, group or samples_per_step, gen)
+            batch = self.batch(policy, samples_per_step, group or samples_per_step, gen, proposal)
+            if proposal is not None and step % proposal_every == 0 and self._policy_is_closer(batch, target):
+                proposal.logits.data.copy_(policy.logits.data)
+                swaps += 1
             if "ref" not in obj.needs:
                 batch.ref_logprobs = None
             batch.advantages = adv_fn(obj.sequence_signal(batch), batch.group_ids, 1e-6)
@@ -188,8 +201,15 @@ class Testbed:
             update(lambda mb: policy.token_logprobs(mb.completion_ids), batch, obj, opt, sched,
                    list(policy.parameters()), micro_batch_size=samples_per_step, grad_clip=0.0)
             if step % measure_every == 0 or step == steps:
-                curve.append({"samples": step * samples_per_step, **self.measure(policy, exact)})
+                curve.append({"samples": step * samples_per_step, "proposal_swaps": swaps, **self.measure(policy, exact)})
         return curve
+
+    @staticmethod
+    def _policy_is_closer(batch: RolloutBatch, target: Target) -> bool:
+        """KL(p || pi) < KL(p || q), both estimated by importance sampling from the proposal's batch."""
+        log_w = target.log_weights(batch.ref_logprobs.sum(-1), batch.rewards)
+        log_q = batch.sample_logprobs.sum(-1)
+        return kl_from_target(log_w, log_q, batch.policy_logprobs.sum(-1)) < kl_from_target(log_w, log_q, log_q)
 
 
 def make_reward_lookup(bed: Testbed, seqs: torch.Tensor) -> torch.Tensor:
