@@ -18,6 +18,8 @@ OVERRIDES = {
     "kl_rl": ["objective.beta=0.5"],
     "dpg": ["objective.evidence=constraint"],
     "fdpg": ["objective.divergence=js", "objective.beta=0.5"],
+    "dph": ["objective.rehearsal_prompts=32", "objective.rehearsal_rows=8", "objective.rehearsal_coef=0.05"],
+    "rapo": ["objective.forward_kl_coef=0.1", "objective.forward_kl_alpha=0.5"],
 }
 
 

@@ -28,6 +28,7 @@ class RolloutBatch:
     ref_logprobs: torch.Tensor | None = None  # [B, C] frozen reference / prior, only when the objective needs it
     policy_logprobs: torch.Tensor | None = None  # [B, C] current policy, when samples came from another proposal
     loss_weights: torch.Tensor | None = None  # [B, C] aggregation weights, fixed on the full batch
+    rehearsal: torch.Tensor | None = None  # [B] bool: stored samples of the initial policy (DPH-RL), not rollouts
 
     @property
     def size(self) -> int:
@@ -66,6 +67,31 @@ class RolloutBatch:
                 continue
             changes[fl.name] = v[:, p_keep:] if fl.name.startswith("prompt") else v[:, :c_keep]
         return replace(self, **changes)
+
+    @staticmethod
+    def concat(a: RolloutBatch, b: RolloutBatch, pad_id: int) -> RolloutBatch:
+        """Rows of ``a`` then ``b``, re-padded to common widths (prompts left, completions right); absent optional
+        fields are filled with zeros (and ``rehearsal`` with False) so that both halves carry every field."""
+        P = max(a.prompt_ids.shape[1], b.prompt_ids.shape[1])
+        C = max(a.completion_ids.shape[1], b.completion_ids.shape[1])
+        out = {}
+        for fl in fields(RolloutBatch):
+            va, vb = getattr(a, fl.name), getattr(b, fl.name)
+            if va is None and vb is None:
+                out[fl.name] = None
+                continue
+            ref = va if va is not None else vb
+            n_a, n_b = a.size, b.size
+            va = va if va is not None else torch.zeros((n_a, *ref.shape[1:]), dtype=ref.dtype)
+            vb = vb if vb is not None else torch.zeros((n_b, *ref.shape[1:]), dtype=ref.dtype)
+            if ref.dim() == 2:
+                width = P if fl.name.startswith("prompt") else C
+                value = pad_id if fl.name.endswith("_ids") else 0
+                left = fl.name.startswith("prompt")
+                va, vb = (torch.nn.functional.pad(v, (width - v.shape[1], 0) if left else (0, width - v.shape[1]), value=value)
+                          for v in (va, vb))
+            out[fl.name] = torch.cat([va, vb.to(va.dtype)])
+        return RolloutBatch(**out)
 
     def micro_batches(self, size: int) -> list[RolloutBatch]:
         return [self.select(torch.arange(i, min(i + size, self.size))) for i in range(0, self.size, size)]

@@ -71,6 +71,12 @@ class ObjectiveConfig:
     divergence: str = f("fkl", "fdpg: fkl | rkl | js | tv | alpha")
     alpha: float = f(0.5, "fdpg: alpha of the alpha-divergence")
     z_estimate: str = f("group", "f-DPG: log Z per prompt group (group) or over all samples seen (running)")
+    rehearsal_coef: float = f(0.01, "dph: weight of the divergence to pi0 on its stored samples")
+    rehearsal_divergence: str = f("fkl", "dph: generator on rehearsal rows: fkl (KL(pi0||pi)) | js")
+    rehearsal_rows: int = f(64, "dph: rehearsal rows added to each optimizer batch")
+    rehearsal_prompts: int = f(256, "dph: prompts pre-sampled (x samples_per_prompt) from pi0 to build the pool")
+    forward_kl_coef: float = f(0.0, "rapo: lambda, weight of the forward-KL penalty KL(pi~ || pi_theta)")
+    forward_kl_alpha: float = f(1.0, "rapo: temperature of the reward-tilted reference pi~ ∝ pi_ref exp(r / alpha)")
     aggregation: str = f("auto", "loss aggregation: auto (the objective's) | seq_mean_token_mean | token_mean | seq_mean_token_sum | seq_sum_const")
     aggregation_constant: float = f(0.0, "seq_sum_const normaliser (0 = rollout.max_new_tokens)")
 

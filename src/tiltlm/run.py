@@ -73,6 +73,7 @@ class Setup:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     device: torch.device
+    rehearsal_pool: Any = None  # RolloutBatch of pi0's stored samples, for objectives that ask for it
 
     @property
     def params(self) -> list[torch.nn.Parameter]:
@@ -137,8 +138,34 @@ def prepare(cfg: Config) -> Setup:
     total = cfg.train.steps * cfg.train.updates_per_batch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.optim.warmup_steps, total, cfg.optim.schedule))
     engine = engine_cls(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
-    return Setup(cfg, task, model, tokenizer, reference, engine, objective, advantage, aggregate, constant,
-                 optimizer, scheduler, device)
+    s = Setup(cfg, task, model, tokenizer, reference, engine, objective, advantage, aggregate, constant,
+              optimizer, scheduler, device)
+    if getattr(objective, "needs_rehearsal", False):
+        s.rehearsal_pool = build_rehearsal_pool(s)
+    return s
+
+
+def build_rehearsal_pool(s: Setup):
+    """pi0's correct responses on prompts it solved k/k times, with their per-token log pi0 (DPH-RL's D_pef)."""
+    from tiltlm.batch import RolloutBatch
+    from tiltlm.rollout import decode_completions
+
+    c = s.cfg
+    rng = __import__("random").Random(c.train.seed + 1)  # its own stream: training prompts are not shifted
+    examples = s.task.sample_train(rng, c.objective.rehearsal_prompts)
+    G = c.rollout.samples_per_prompt
+    gen = s.engine.generate([s.tokenizer(e.prompt)["input_ids"] for e in examples], G, c.rollout.max_new_tokens,
+                            1.0, torch.Generator(device=s.device).manual_seed(c.train.seed + 1))
+    texts = decode_completions(s.tokenizer, gen.completion_ids, gen.completion_mask)
+    correct = torch.tensor([s.task.score(examples[i // G], t, bool(f)).correct
+                            for i, (t, f) in enumerate(zip(texts, gen.finished))])
+    keep = correct.view(-1, G).all(-1).repeat_interleave(G)
+    if not keep.any():
+        raise TiltError("dph: pi0 solved no pre-sampled prompt k/k times; raise objective.rehearsal_prompts")
+    pool = RolloutBatch(gen.prompt_ids, gen.prompt_mask, gen.completion_ids, gen.completion_mask, gen.sample_logprobs,
+                        torch.full((len(correct),), -1), gen.finished, rewards=correct.float(), correct=correct,
+                        rehearsal=torch.ones(len(correct), dtype=torch.bool))
+    return pool.select(keep)
 
 
 class Run:

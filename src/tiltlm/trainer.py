@@ -84,9 +84,12 @@ def train(cfg: Config, progress=None) -> TrainResult:
             # 5. the objective's per-sequence signal (reward or pseudo-reward) -> advantages; aggregation weights
             batch.advantages = s.advantage(s.objective.sequence_signal(batch), batch.group_ids, cfg.advantage.eps)
             batch.loss_weights = s.aggregate(batch.completion_mask, s.aggregation_constant)
+            learn = batch
+            if s.rehearsal_pool is not None:  # stored samples of pi0 join the batch (DPH-RL), with their own weights
+                learn = RolloutBatch.concat(batch, rehearsal_rows(s, rng), s.tokenizer.pad_token_id)
             # 6. update: mu optimizer steps; zero-gradient rows left out (their weights stay in the normaliser)
-            rows = s.objective.rows_with_gradient(batch) if cfg.train.skip_zero_gradient_rows else torch.ones(P * G, dtype=torch.bool)
-            train_batch = batch.select(rows)
+            rows = s.objective.rows_with_gradient(learn) if cfg.train.skip_zero_gradient_rows else torch.ones(learn.size, dtype=torch.bool)
+            train_batch = learn.select(rows)
             s.model.train()
             for _ in range(cfg.train.updates_per_batch):
                 update_stats = update(policy_logprobs, train_batch, s.objective, s.optimizer, s.scheduler, s.params,
@@ -120,6 +123,14 @@ def train(cfg: Config, progress=None) -> TrainResult:
     final_eval = run.evaluate(s, step) if cfg.eval.prompts > 0 else None
     run.save_final(s)
     return TrainResult(str(run.dir), step, base_eval, final_eval, history, train_seconds)
+
+
+def rehearsal_rows(s: Setup, rng: random.Random) -> RolloutBatch:
+    pool = s.rehearsal_pool
+    rows = torch.tensor([rng.randrange(pool.size) for _ in range(s.objective.rehearsal_rows)])
+    picked = pool.select(rows)
+    picked.loss_weights = s.objective.rehearsal_weights(picked.completion_mask)
+    return picked
 
 
 def update(

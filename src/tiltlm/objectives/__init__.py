@@ -19,6 +19,7 @@ from tiltlm.batch import RolloutBatch
 from tiltlm.config import ObjectiveConfig
 from tiltlm.errors import TiltError
 from tiltlm.objectives.aggregation import AGGREGATIONS
+from tiltlm.objectives.dph import GENERATORS, DivergencePreservingHybrid
 from tiltlm.objectives.fdpg import F_DIVERGENCES, FDivergence
 from tiltlm.objectives.kl import KL_ESTIMATORS
 from tiltlm.objectives.pg import ClippedPolicyGradient
@@ -60,6 +61,22 @@ def _kl_rl(c: ObjectiveConfig) -> Objective:
     return ClippedPolicyGradient(c.clip_low, c.clip_high, c.beta, "k1", "reward", False, default_advantage="group_mean")
 
 
+def _rapo(c: ObjectiveConfig) -> Objective:
+    if c.forward_kl_coef <= 0 or c.forward_kl_alpha <= 0:
+        raise TiltError("objective 'rapo' needs objective.forward_kl_coef > 0 and objective.forward_kl_alpha > 0")
+    tilted_reference = FDivergence(Target(RewardEvidence(c.forward_kl_alpha)), "fkl", z_estimate="group")
+    return ClippedPolicyGradient(c.clip_low, c.clip_high, c.beta, c.kl_estimator, c.kl_placement, c.kl_correction,
+                                 forward_kl=tilted_reference, forward_kl_coef=c.forward_kl_coef)
+
+
+def _dph(c: ObjectiveConfig) -> Objective:
+    if c.rehearsal_divergence not in GENERATORS:
+        raise TiltError(f"unknown objective.rehearsal_divergence '{c.rehearsal_divergence}' (valid: {', '.join(GENERATORS)})")
+    return DivergencePreservingHybrid(c.clip_low, c.clip_high, c.beta, c.kl_estimator, c.kl_placement, c.kl_correction,
+                                      coef=c.rehearsal_coef, divergence=c.rehearsal_divergence,
+                                      rehearsal_rows=c.rehearsal_rows)
+
+
 def _fdpg(divergence: str | None) -> Callable[[ObjectiveConfig], Objective]:
     def build(c: ObjectiveConfig) -> Objective:
         div = divergence or c.divergence
@@ -77,7 +94,9 @@ OBJECTIVES: dict[str, tuple[Callable[[ObjectiveConfig], Objective], str]] = {
     "kl_rl": (_kl_rl, "KL-regularised RL, k1 KL as a reward penalty: reverse KL to pi0 exp(r/beta) (Korbak et al. 2022)"),
     "dpg": (_fdpg("fkl"), "forward KL(p || pi) by distribution matching (Parshakova et al. 2019; Khalifa et al. 2021)"),
     "fdpg": (_fdpg(None), "f-divergence D_f(pi || p): fkl | rkl | js | tv | alpha (Go et al. 2023)"),
+    "dph": (_dph, "GRPO + f-divergence to pi0 on its stored samples (Li et al. 2025, DPH-RL)"),
+    "rapo": (_rapo, "GRPO + forward-KL penalty to pi_ref exp(r/alpha), reconstruction (Deng et al. 2025, RAPO)"),
 }
 
-__all__ = ["AGGREGATIONS", "KL_ESTIMATORS", "OBJECTIVES", "ClippedPolicyGradient", "FDivergence", "Objective",
+__all__ = ["GENERATORS", "AGGREGATIONS", "KL_ESTIMATORS", "OBJECTIVES", "ClippedPolicyGradient", "FDivergence", "Objective",
            "build_target"]

@@ -17,6 +17,12 @@ What each KL choice actually regularises (spec objectives.md section 3, tested i
   loss + k3, corrected  reverse KL: k3 times the differentiable ratio pi_theta / pi_old (DeepSeek-V3.2)
 pi_old is the sampling policy: its log-probs were recorded at generation time, so no extra forward is needed.
 With beta = 0 no reference model exists at all.
+
+``forward_kl`` (RAPO-style, Deng et al. 2025, arXiv 2510.03865 -- a *reconstruction*: the paper's exact form was
+not available, spec objectives.md section 5): add a forward-KL penalty lambda * KL(pi~ || pi_theta) toward the
+reward-tilted reference pi~ ∝ pi_ref exp(r / alpha). Its gradient is -lambda E_pi[w~ grad log pi] with
+w~ = pi~/pi_theta (self-normalised per group), so it enters as lambda * w~ added to the sequence signal. Unlike a
+reverse-KL or k3 penalty it never pushes down tokens outside pi_ref's support.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from tiltlm.batch import RolloutBatch
+from tiltlm.objectives.fdpg import FDivergence
 from tiltlm.objectives.kl import KL_ESTIMATORS
 
 
@@ -39,21 +46,26 @@ class ClippedPolicyGradient:
     kl_correction: bool = False  # loss placement: multiply the KL term by the differentiable ratio pi/pi_old
     default_advantage: str = "group_zscore"
     default_aggregation: str = "seq_mean_token_mean"
+    forward_kl: FDivergence | None = None  # RAPO-style forward-KL penalty toward pi_ref exp(r / alpha)
+    forward_kl_coef: float = 0.0
 
     @property
     def needs(self) -> set[str]:
-        return {"ref"} if self.beta > 0 else set()
+        return {"ref"} if self.beta > 0 or self.forward_kl is not None else set()
 
     def sequence_signal(self, batch: RolloutBatch) -> torch.Tensor:
+        signal = batch.rewards
         if self.beta > 0 and self.kl_placement == "reward":
             kl = KL_ESTIMATORS[self.kl_estimator](batch.sample_logprobs, batch.ref_logprobs)
-            return batch.rewards - self.beta * (kl * batch.completion_mask).sum(-1)
-        return batch.rewards
+            signal = signal - self.beta * (kl * batch.completion_mask).sum(-1)
+        if self.forward_kl is not None:
+            signal = signal + self.forward_kl_coef * self.forward_kl.sequence_signal(batch)  # + lambda * w~
+        return signal
 
     def rows_with_gradient(self, batch: RolloutBatch) -> torch.Tensor:
         """A row with zero advantage and no KL loss term contributes exactly zero gradient."""
         if self.beta > 0 and self.kl_placement == "loss":
-            return torch.ones(batch.size, dtype=torch.bool)
+            return torch.ones(batch.size, dtype=torch.bool)  # the KL term has a gradient on every row
         return batch.advantages != 0
 
     def token_loss(self, logp: torch.Tensor, batch: RolloutBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
