@@ -23,6 +23,20 @@ OVERRIDES = {
 }
 
 
+def test_kl_adaptive_dpg_on_real_model(tmp_path):
+    cfg = load_config(None, [
+        f"log.run_dir={tmp_path}", "log.run_name=r", "log.progress=false", "train.steps=4", "eval.prompts=0",
+        "rollout.prompts_per_step=8", "rollout.samples_per_prompt=4", "optim.lr=1e-3", "optim.warmup_steps=1",
+        "objective.name=dpg", "objective.evidence=constraint", "objective.proposal_every=2",
+    ])
+    train(cfg)
+    rows = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    swaps = [r["select/proposal_swapped"] for r in rows]
+    assert swaps[0] == 0 and swaps[2] == 0  # only checked every 2 steps
+    assert all(math.isfinite(r["loss/seq_ratio"]) for r in rows)
+    assert any(abs(r["loss/seq_ratio"] - 1) > 1e-6 for r in rows[1:])  # q != pi_theta once the policy moved
+
+
 def test_every_objective_has_a_smoke_entry():
     assert set(OBJECTIVES) == set(OVERRIDES)
 

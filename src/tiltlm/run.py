@@ -4,6 +4,7 @@ written) and ``Run`` (the run directory: resolved config, metrics.jsonl, evaluat
 from __future__ import annotations
 
 import contextlib
+import copy
 import difflib
 import json
 import os
@@ -74,6 +75,16 @@ class Setup:
     scheduler: Any
     device: torch.device
     rehearsal_pool: Any = None  # RolloutBatch of pi0's stored samples, for objectives that ask for it
+    proposal: torch.nn.Module | None = None  # frozen sampling policy q != pi_theta (KL-adaptive DPG)
+
+    @torch.no_grad()
+    def current_logprobs(self, batch) -> torch.Tensor:
+        """pi_theta's token log-probs of a batch it did not sample (no grad)."""
+        out = []
+        for mb in batch.micro_batches(self.cfg.train.micro_batch_size):
+            lp, _ = sequence_logprobs(self.model, mb.prompt_ids, mb.prompt_mask, mb.completion_ids, mb.completion_mask, self.cfg.rollout.temperature)
+            out.append(torch.nn.functional.pad(lp, (0, batch.completion_ids.shape[1] - lp.shape[1])))
+        return torch.cat(out)
 
     @property
     def params(self) -> list[torch.nn.Parameter]:
@@ -137,9 +148,12 @@ def prepare(cfg: Config) -> Setup:
     )
     total = cfg.train.steps * cfg.train.updates_per_batch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.optim.warmup_steps, total, cfg.optim.schedule))
-    engine = engine_cls(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    proposal = None
+    if getattr(objective, "proposal_every", 0) > 0:  # KL-adaptive DPG samples from q, initially pi0
+        proposal = copy.deepcopy(model).eval().requires_grad_(False)
+    engine = engine_cls(proposal or model, tokenizer.eos_token_id, tokenizer.pad_token_id)
     s = Setup(cfg, task, model, tokenizer, reference, engine, objective, advantage, aggregate, constant,
-              optimizer, scheduler, device)
+              optimizer, scheduler, device, proposal=proposal)
     if getattr(objective, "needs_rehearsal", False):
         s.rehearsal_pool = build_rehearsal_pool(s)
     return s

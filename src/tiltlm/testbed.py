@@ -22,7 +22,7 @@ from tiltlm.advantages import ADVANTAGES
 from tiltlm.batch import RolloutBatch
 from tiltlm.config import ObjectiveConfig
 from tiltlm.objectives import AGGREGATIONS, OBJECTIVES
-from tiltlm.target import ConstraintEvidence, RewardEvidence, Target, kl_from_target
+from tiltlm.target import ConstraintEvidence, RewardEvidence, Target
 
 
 class TabularPolicy(torch.nn.Module):
@@ -187,11 +187,11 @@ class Testbed:
         gen = torch.Generator().manual_seed(seed)
         curve = [{"samples": 0, **self.measure(policy, exact)}]
         proposal = TabularPolicy(self.V, self.L, self.prior.logits.detach()) if proposal_every else None
-        target, swaps = self.target(cfg.evidence, cfg.beta or 1.0), 0
+        swaps = 0
         steps = samples // samples_per_step
         for step in range(1, steps + 1):
             batch = self.batch(policy, samples_per_step, group or samples_per_step, gen, proposal)
-            if proposal is not None and step % proposal_every == 0 and self._policy_is_closer(batch, target):
+            if proposal is not None and step % proposal_every == 0 and obj.policy_is_closer(batch):
                 proposal.logits.data.copy_(policy.logits.data)
                 swaps += 1
             if "ref" not in obj.needs:
@@ -203,13 +203,6 @@ class Testbed:
             if step % measure_every == 0 or step == steps:
                 curve.append({"samples": step * samples_per_step, "proposal_swaps": swaps, **self.measure(policy, exact)})
         return curve
-
-    @staticmethod
-    def _policy_is_closer(batch: RolloutBatch, target: Target) -> bool:
-        """KL(p || pi) < KL(p || q), both estimated by importance sampling from the proposal's batch."""
-        log_w = target.log_weights(batch.ref_logprobs.sum(-1), batch.rewards)
-        log_q = batch.sample_logprobs.sum(-1)
-        return kl_from_target(log_w, log_q, batch.policy_logprobs.sum(-1)) < kl_from_target(log_w, log_q, log_q)
 
 
 def make_reward_lookup(bed: Testbed, seqs: torch.Tensor) -> torch.Tensor:

@@ -81,6 +81,8 @@ def train(cfg: Config, progress=None) -> TrainResult:
             # 4. attach the log-probs the objective needs (never computed otherwise)
             if "ref" in s.objective.needs:
                 batch.ref_logprobs = s.reference_logprobs(batch)
+            if s.proposal is not None:  # samples came from a frozen proposal q: pi_theta's own log-probs too
+                batch.policy_logprobs = s.current_logprobs(batch)
             # 5. the objective's per-sequence signal (reward or pseudo-reward) -> advantages; aggregation weights
             batch.advantages = s.advantage(s.objective.sequence_signal(batch), batch.group_ids, cfg.advantage.eps)
             batch.loss_weights = s.aggregate(batch.completion_mask, s.aggregation_constant)
@@ -95,7 +97,10 @@ def train(cfg: Config, progress=None) -> TrainResult:
                 update_stats = update(policy_logprobs, train_batch, s.objective, s.optimizer, s.scheduler, s.params,
                                       cfg.train.micro_batch_size, cfg.optim.grad_clip)
             t_end = time.perf_counter()
-            # 7. log, evaluate, checkpoint
+            # 7. swap the proposal (KL-adaptive DPG), log, evaluate, checkpoint
+            swapped = s.proposal is not None and step % s.objective.proposal_every == 0 and s.objective.policy_is_closer(batch)
+            if swapped:
+                s.proposal.load_state_dict(s.model.state_dict())
             metrics = {
                 "step": step,
                 "rollout/reward": batch.rewards.mean().item(),
@@ -108,6 +113,7 @@ def train(cfg: Config, progress=None) -> TrainResult:
                 "adv/abs_mean": batch.advantages.abs().mean().item(),
                 **update_stats,
                 "optim/lr": s.scheduler.get_last_lr()[0],
+                "select/proposal_swapped": float(swapped),
                 "perf/step_s": t_end - t0,
                 "perf/gen_s": t_gen - t0,
                 "perf/tokens_per_s": batch.lengths.sum().item() / (t_end - t0),

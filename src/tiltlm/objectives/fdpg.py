@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from tiltlm.batch import RolloutBatch
-from tiltlm.target import Target
+from tiltlm.target import Target, kl_from_target
 
 LOG_T_CLAMP = 30.0
 
@@ -71,6 +71,7 @@ class FDivergence:
     divergence: str = "fkl"
     alpha: float = 0.5
     z_estimate: str = "group"  # group | running
+    proposal_every: int = 0  # > 0: sample from a frozen proposal q, replaced by pi_theta when closer (KL-adaptive)
     needs: set = field(default_factory=lambda: {"ref"})
     default_advantage: str = "group_mean"
     default_aggregation: str = "seq_mean_token_sum"
@@ -103,6 +104,15 @@ class FDivergence:
         m_safe = torch.where(torch.isinf(m), torch.zeros_like(m), m)
         sums = torch.zeros(len(counts), dtype=log_iw.dtype).index_add_(0, inv, torch.exp(log_iw - m_safe[inv]))
         return (torch.log(sums) + m_safe - torch.log(counts.double()))[inv]
+
+    def policy_is_closer(self, batch: RolloutBatch) -> bool:
+        """KL-adaptive DPG (Khalifa et al. 2021): is KL(p || pi_theta) < KL(p || q)? Both are importance-sampling
+        estimates from the proposal's own batch (``target.kl_from_target``)."""
+        mask = batch.completion_mask
+        log_w = self.target.log_weights((batch.ref_logprobs * mask).sum(-1), batch.rewards)
+        log_q = (batch.sample_logprobs * mask).sum(-1)
+        log_pi = (batch.policy_logprobs * mask).sum(-1)
+        return kl_from_target(log_w, log_q, log_pi) < kl_from_target(log_w, log_q, log_q)
 
     def sequence_signal(self, batch: RolloutBatch) -> torch.Tensor:
         """Pseudo-reward -f'(t): the per-sequence signal the advantage estimator baselines."""
