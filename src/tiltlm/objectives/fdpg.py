@@ -51,7 +51,8 @@ F_DIVERGENCES: dict[str, tuple[Callable, Callable]] = {
         lambda lt: torch.exp(lt) * (math.log(2) - F.softplus(-lt)) + math.log(2) - F.softplus(lt),
         lambda lt: math.log(2) - F.softplus(-lt),
     ),
-    "tv": (lambda lt: 0.5 * torch.abs(torch.exp(lt) - 1), lambda lt: 0.5 * torch.sign(lt)),
+    # sign(0) = 0 at the target; |log t| below 1e-9 is rounding (log p - log pi of equal numbers), not a signal
+    "tv": (lambda lt: 0.5 * torch.abs(torch.exp(lt) - 1), lambda lt: 0.5 * torch.sign(torch.where(lt.abs() < 1e-9, 0.0 * lt, lt))),
 }
 
 
@@ -81,7 +82,7 @@ class FDivergence:
     def __post_init__(self) -> None:
         self._f, self._fprime = f_divergence(self.divergence, self.alpha)
 
-    def log_t(self, batch: RolloutBatch) -> torch.Tensor:
+    def log_t(self, batch: RolloutBatch, update_z: bool = False) -> torch.Tensor:
         """log pi_theta(y)/p(y) per sequence. On-policy the sampling log-probs are pi_theta's; a batch drawn from a
         separate proposal carries the policy's own log-probs in ``policy_logprobs``."""
         mask = batch.completion_mask
@@ -89,15 +90,18 @@ class FDivergence:
         policy = batch.policy_logprobs if batch.policy_logprobs is not None else batch.sample_logprobs
         log_pi = (policy * mask).sum(-1).double()
         log_prior = (batch.ref_logprobs * mask).sum(-1).double()
-        log_p = self.target.log_weights(log_prior, batch.rewards) - self.log_z(batch, log_q, log_prior)
+        log_p = self.target.log_weights(log_prior, batch.rewards) - self.log_z(batch, log_q, log_prior, update_z)
         return (log_pi - log_p).clamp(-LOG_T_CLAMP, LOG_T_CLAMP)
 
-    def log_z(self, batch: RolloutBatch, log_q: torch.Tensor, log_prior: torch.Tensor) -> torch.Tensor:
-        """log Z_hat for each row: self-normalised importance sampling of P/q, per group or running."""
+    def log_z(self, batch: RolloutBatch, log_q: torch.Tensor, log_prior: torch.Tensor, update: bool = False) -> torch.Tensor:
+        """log Z_hat for each row: self-normalised importance sampling of P/q, per group or running. The running
+        estimate absorbs a batch only when ``update`` (once per batch, from ``sequence_signal``), so extra calls
+        for logging or checks never count samples twice."""
         log_iw = Target.log_importance_weights(self.target.log_weights(log_prior, batch.rewards), log_q)
         if self.z_estimate == "running":
-            self._z_sum += float(torch.exp(log_iw).sum())
-            self._z_n += log_iw.numel()
+            if update:
+                self._z_sum += float(torch.exp(log_iw).sum())
+                self._z_n += log_iw.numel()
             return torch.full_like(log_iw, math.log(self._z_sum / self._z_n) if self._z_sum > 0 else -math.inf)
         _, inv, counts = torch.unique(batch.group_ids, return_inverse=True, return_counts=True)
         m = torch.full((len(counts),), -math.inf, dtype=log_iw.dtype).scatter_reduce(0, inv, log_iw, "amax")
@@ -116,7 +120,7 @@ class FDivergence:
 
     def sequence_signal(self, batch: RolloutBatch) -> torch.Tensor:
         """Pseudo-reward -f'(t): the per-sequence signal the advantage estimator baselines."""
-        signal = -self._fprime(self.log_t(batch))
+        signal = -self._fprime(self.log_t(batch, update_z=True))
         return torch.nan_to_num(signal, nan=0.0).to(torch.float32)
 
     def rows_with_gradient(self, batch: RolloutBatch) -> torch.Tensor:
