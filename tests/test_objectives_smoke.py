@@ -37,6 +37,15 @@ def test_kl_adaptive_dpg_on_real_model(tmp_path):
     assert any(abs(r["loss/seq_ratio"] - 1) > 1e-6 for r in rows[1:])  # q != pi_theta once the policy moved
 
 
+def test_moment_target_is_fitted_on_pi0_samples(tmp_path):
+    from tiltlm.run import prepare
+
+    s = prepare(load_config(None, [f"log.run_dir={tmp_path}", "objective.name=dpg", "objective.evidence=moment",
+                                   "objective.moment=0.6", "objective.rehearsal_prompts=32", "rollout.samples_per_prompt=4"]))
+    lam = float(s.objective.target.evidence.lambdas[0])
+    assert lam > 0  # pi0 is right ~36% of the time: reaching 60% needs a positive tilt on correct answers
+
+
 def test_every_objective_has_a_smoke_entry():
     assert set(OBJECTIVES) == set(OVERRIDES)
 

@@ -24,6 +24,7 @@ from tiltlm.logprobs import sequence_logprobs
 from tiltlm.models import load_model_and_tokenizer, save_pretrained_atomic
 from tiltlm.objectives import AGGREGATIONS, KL_ESTIMATORS, OBJECTIVES, Objective
 from tiltlm.rollout import ENGINES
+from tiltlm.target import MomentEvidence
 from tiltlm.tasks import Task, build_task
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -156,23 +157,42 @@ def prepare(cfg: Config) -> Setup:
               optimizer, scheduler, device, proposal=proposal)
     if getattr(objective, "needs_rehearsal", False):
         s.rehearsal_pool = build_rehearsal_pool(s)
+    target = getattr(objective, "target", None)
+    if target is not None and isinstance(target.evidence, MomentEvidence):
+        fit_moment_target(s, target.evidence)
     return s
+
+
+def _sample_pi0(s: Setup, n_prompts: int, seed: int):
+    """n_prompts x samples_per_prompt samples of the initial policy (T = 1), scored: (generation, correct, rewards)."""
+    from tiltlm.rollout import decode_completions
+
+    c = s.cfg
+    examples = s.task.sample_train(__import__("random").Random(seed), n_prompts)
+    G = c.rollout.samples_per_prompt
+    gen = s.engine.generate([s.tokenizer(e.prompt)["input_ids"] for e in examples], G, c.rollout.max_new_tokens,
+                            1.0, torch.Generator(device=s.device).manual_seed(seed))
+    texts = decode_completions(s.tokenizer, gen.completion_ids, gen.completion_mask)
+    scores = [s.task.score(examples[i // G], t, bool(f)) for i, (t, f) in enumerate(zip(texts, gen.finished))]
+    return gen, torch.tensor([sc.correct for sc in scores]), torch.tensor([sc.reward for sc in scores])
+
+
+def fit_moment_target(s: Setup, evidence: MomentEvidence) -> None:
+    """GDC's first step: solve E_p[r] = mu for lambda on samples of pi0 (proposal = prior, so the weights are flat)."""
+    _, _, rewards = _sample_pi0(s, s.cfg.objective.rehearsal_prompts, s.cfg.train.seed + 2)
+    zeros = torch.zeros_like(rewards, dtype=torch.float64)
+    if rewards.min() == rewards.max():
+        raise TiltError("objective.evidence=moment: every pi0 sample got the same reward, the moment cannot be fitted")
+    evidence.fit(rewards.unsqueeze(-1), zeros, zeros)
 
 
 def build_rehearsal_pool(s: Setup):
     """pi0's correct responses on prompts it solved k/k times, with their per-token log pi0 (DPH-RL's D_pef)."""
     from tiltlm.batch import RolloutBatch
-    from tiltlm.rollout import decode_completions
 
-    c = s.cfg
-    rng = __import__("random").Random(c.train.seed + 1)  # its own stream: training prompts are not shifted
-    examples = s.task.sample_train(rng, c.objective.rehearsal_prompts)
-    G = c.rollout.samples_per_prompt
-    gen = s.engine.generate([s.tokenizer(e.prompt)["input_ids"] for e in examples], G, c.rollout.max_new_tokens,
-                            1.0, torch.Generator(device=s.device).manual_seed(c.train.seed + 1))
-    texts = decode_completions(s.tokenizer, gen.completion_ids, gen.completion_mask)
-    correct = torch.tensor([s.task.score(examples[i // G], t, bool(f)).correct
-                            for i, (t, f) in enumerate(zip(texts, gen.finished))])
+    G = s.cfg.rollout.samples_per_prompt
+    # its own random stream (seed + 1): the training prompts are not shifted by building the pool
+    gen, correct, _ = _sample_pi0(s, s.cfg.objective.rehearsal_prompts, s.cfg.train.seed + 1)
     keep = correct.view(-1, G).all(-1).repeat_interleave(G)
     if not keep.any():
         raise TiltError("dph: pi0 solved no pre-sampled prompt k/k times; raise objective.rehearsal_prompts")

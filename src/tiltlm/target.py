@@ -60,7 +60,8 @@ class MomentEvidence:
 
     ``lambdas`` are fitted by ``fit`` (the maximum-entropy / information-projection step) from importance-weighted
     samples of a proposal q: the moment-matching gradient of the dual is mu - E_p[phi], with E_p estimated by
-    self-normalised importance sampling. ``features`` passed to ``log_potential`` are [B, K].
+    self-normalised importance sampling. ``features`` passed to ``log_potential`` are [B, K]; without them the
+    reward is the single feature, so "E_p[correct] = 0.5" is ``MomentEvidence([0.5])`` on a 0/1 task reward.
     """
 
     targets: list[float]
@@ -72,7 +73,9 @@ class MomentEvidence:
 
     def log_potential(self, rewards: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
         if features is None:
-            raise ValueError("MomentEvidence needs per-sequence features [B, K]")
+            if len(self.targets) != 1:
+                raise ValueError("MomentEvidence with several moments needs per-sequence features [B, K]")
+            features = rewards.unsqueeze(-1)
         return features.double() @ self.lambdas
 
     def fit(

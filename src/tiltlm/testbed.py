@@ -22,7 +22,7 @@ from tiltlm.advantages import ADVANTAGES
 from tiltlm.batch import RolloutBatch
 from tiltlm.config import ObjectiveConfig
 from tiltlm.objectives import AGGREGATIONS, OBJECTIVES
-from tiltlm.target import ConstraintEvidence, RewardEvidence, Target
+from tiltlm.target import ConstraintEvidence, MomentEvidence, RewardEvidence, Target
 
 
 class TabularPolicy(torch.nn.Module):
@@ -125,7 +125,12 @@ class Testbed:
         self.rewards = make_reward(reward, self.seqs)
         self.log_prior = self.prior.token_logprobs(self.seqs).sum(-1)
 
-    def target(self, evidence: str = "reward", beta: float = 1.0) -> Target:
+    def target(self, evidence: str = "reward", beta: float = 1.0, moment: float = 0.5) -> Target:
+        """pi0 x evidence; ``moment`` fits the GDC coefficient exactly (every sequence, weighted by pi0)."""
+        if evidence == "moment":
+            ev = MomentEvidence([moment])
+            ev.fit(self.rewards.unsqueeze(-1), self.log_prior, torch.zeros_like(self.log_prior), steps=20000)
+            return Target(ev)
         return Target(RewardEvidence(beta) if evidence == "reward" else ConstraintEvidence(1.0))
 
     def exact(self, target: Target) -> Exact:
@@ -178,7 +183,10 @@ class Testbed:
         objective_kw.setdefault("z_estimate", "running")  # one context: Z is shared by every sample seen
         cfg = ObjectiveConfig(name=objective, **objective_kw)
         obj = OBJECTIVES[objective][0](cfg)
-        exact = self.exact(self.target(target_evidence or cfg.evidence, target_beta or cfg.beta or 1.0))
+        target = self.target(target_evidence or cfg.evidence, target_beta or cfg.beta or 1.0, cfg.moment)
+        if isinstance(getattr(obj, "target", None), Target) and cfg.evidence == "moment":
+            obj.target = target  # the exactly fitted lambda
+        exact = self.exact(target)
         adv_fn = ADVANTAGES[obj.default_advantage if advantage == "auto" else advantage]
         agg_fn = AGGREGATIONS[obj.default_aggregation if aggregation == "auto" else aggregation]
         policy = TabularPolicy(self.V, self.L, self.prior.logits.detach())

@@ -23,7 +23,7 @@ from tiltlm.objectives.dph import GENERATORS, DivergencePreservingHybrid
 from tiltlm.objectives.fdpg import F_DIVERGENCES, FDivergence
 from tiltlm.objectives.kl import KL_ESTIMATORS
 from tiltlm.objectives.pg import ClippedPolicyGradient
-from tiltlm.target import ConstraintEvidence, RewardEvidence, Target
+from tiltlm.target import ConstraintEvidence, MomentEvidence, RewardEvidence, Target
 
 
 class Objective(Protocol):
@@ -46,7 +46,11 @@ def build_target(c: ObjectiveConfig) -> Target:
         return Target(RewardEvidence(c.beta))
     if c.evidence == "constraint":
         return Target(ConstraintEvidence(1.0))
-    raise TiltError(f"unknown objective.evidence '{c.evidence}' (valid: reward, constraint)")
+    if c.evidence == "moment":
+        if not 0.0 < c.moment < 1.0:
+            raise TiltError(f"objective.evidence=moment needs 0 < objective.moment < 1, got {c.moment}")
+        return Target(MomentEvidence([c.moment]))  # lambda is fitted on pi0's samples before training
+    raise TiltError(f"unknown objective.evidence '{c.evidence}' (valid: reward, constraint, moment)")
 
 
 def _grpo(c: ObjectiveConfig) -> Objective:
