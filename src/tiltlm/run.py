@@ -78,24 +78,18 @@ class Setup:
     rehearsal_pool: Any = None  # RolloutBatch of pi0's stored samples, for objectives that ask for it
     proposal: torch.nn.Module | None = None  # frozen sampling policy q != pi_theta (KL-adaptive DPG)
 
-    @torch.no_grad()
-    def current_logprobs(self, batch) -> torch.Tensor:
-        """pi_theta's token log-probs of a batch it did not sample (no grad)."""
-        out = []
-        for mb in batch.micro_batches(self.cfg.train.micro_batch_size):
-            lp, _ = sequence_logprobs(self.model, mb.prompt_ids, mb.prompt_mask, mb.completion_ids, mb.completion_mask, self.cfg.rollout.temperature)
-            out.append(torch.nn.functional.pad(lp, (0, batch.completion_ids.shape[1] - lp.shape[1])))
-        return torch.cat(out)
-
     @property
     def params(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
 
     @torch.no_grad()
-    def reference_logprobs(self, batch) -> torch.Tensor:
+    def logprobs_without_grad(self, model: torch.nn.Module, batch) -> torch.Tensor:
+        """Token log-probs [B, C] of ``batch`` under ``model`` (the frozen reference, or pi_theta on a proposal's
+        samples), micro-batched like the update."""
         out = []
         for mb in batch.micro_batches(self.cfg.train.micro_batch_size):
-            lp, _ = sequence_logprobs(self.reference, mb.prompt_ids, mb.prompt_mask, mb.completion_ids, mb.completion_mask, self.cfg.rollout.temperature)
+            lp, _ = sequence_logprobs(model, mb.prompt_ids, mb.prompt_mask, mb.completion_ids, mb.completion_mask,
+                                      self.cfg.rollout.temperature)
             out.append(torch.nn.functional.pad(lp, (0, batch.completion_ids.shape[1] - lp.shape[1])))
         return torch.cat(out)
 

@@ -80,9 +80,9 @@ def train(cfg: Config, progress=None) -> TrainResult:
             )
             # 4. attach the log-probs the objective needs (never computed otherwise)
             if "ref" in s.objective.needs:
-                batch.ref_logprobs = s.reference_logprobs(batch)
+                batch.ref_logprobs = s.logprobs_without_grad(s.reference, batch)
             if s.proposal is not None:  # samples came from a frozen proposal q: pi_theta's own log-probs too
-                batch.policy_logprobs = s.current_logprobs(batch)
+                batch.policy_logprobs = s.logprobs_without_grad(s.model, batch)
             # 5. the objective's per-sequence signal (reward or pseudo-reward) -> advantages; aggregation weights
             batch.advantages = s.advantage(s.objective.sequence_signal(batch), batch.group_ids, cfg.advantage.eps)
             batch.loss_weights = s.aggregate(batch.completion_mask, s.aggregation_constant)
