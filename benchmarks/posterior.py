@@ -10,7 +10,8 @@ Two targets over all 4^8 = 65,536 sequences of a random tabular prior:
 Each method trains a fresh copy of the prior (tabular policy, SGD) with 128 samples per step; the table reports
 mean ± sd over seeds of the exact KL(pi*||pi), KL(pi||pi*), TV and entropy after 12,800 samples (disco's budget) and
 after the full budget. Learning rates are per method and target, fixed below (chosen once on seed 0).
-The PG rows (kl_rl, grpo) train on the reward r = phi with beta = 0.25 and are measured against the same target.
+The PG rows (kl_rl, grpo, dph, rapo) train on the reward r (= phi for the constraint) and are measured against the
+same target; DPH-RL's rehearsal rows are fresh pi0 samples each step (a stored pool of pi0 samples, unfiltered).
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ METHODS = [
     ("KL-regularised RL (k1 in reward)", "kl_rl", {"reward": 30.0, "constraint": 30.0}, {}),
     ("GRPO, k3 KL in loss (beta 0.25)", "grpo", {"reward": 30.0, "constraint": 30.0}, {"kl_estimator": "k3"}),
     ("GRPO, no KL (beta = 0)", "grpo", {"reward": 30.0, "constraint": 30.0}, {"no_kl": True}),
+    ("DPH-RL: GRPO (beta 0) + KL(pi0||pi) on pi0 samples, coef 0.5", "dph", {"reward": 30.0, "constraint": 30.0},
+     {"no_kl": True, "rehearsal_coef": 0.5, "rehearsal_rows": 128}),
+    ("RAPO-style: GRPO (beta 0) + forward KL to pi0 exp(r/0.25), lambda 1", "rapo", {"reward": 30.0, "constraint": 30.0},
+     {"no_kl": True, "forward_kl_coef": 1.0, "forward_kl_alpha": 0.25}),
 ]
 
 TARGETS = {
@@ -55,7 +60,7 @@ def run(target: str, method: tuple, seed: int, samples: int) -> dict:
     kw = dict(evidence=t["evidence"], beta=t["beta"])
     if opts.pop("no_kl", False):
         kw["beta"] = 0.0
-    if objective in ("grpo", "kl_rl") and t["evidence"] == "constraint":
+    if objective in ("grpo", "kl_rl", "dph", "rapo") and t["evidence"] == "constraint":
         kw["evidence"] = "reward"  # PG methods use the 0/1 reward; measured against pi0 * phi
     curve = bed.train(objective, samples=samples, samples_per_step=128, lr=lr, seed=seed, measure_every=100,
                       target_beta=t["beta"], target_evidence=t["evidence"], **kw, **opts)

@@ -206,6 +206,11 @@ class Testbed:
                 batch.ref_logprobs = None
             batch.advantages = adv_fn(obj.sequence_signal(batch), batch.group_ids, 1e-6)
             batch.loss_weights = agg_fn(batch.completion_mask, float(self.L))
+            if getattr(obj, "needs_rehearsal", False):  # DPH-RL: samples of pi0 (a fresh draw = a stored pool)
+                rehearsal = self.batch(self.prior, obj.rehearsal_rows, obj.rehearsal_rows, gen)
+                rehearsal.rehearsal = torch.ones(rehearsal.size, dtype=torch.bool)
+                rehearsal.loss_weights = obj.rehearsal_weights(rehearsal.completion_mask)
+                batch = RolloutBatch.concat(batch, rehearsal, pad_id=0)
             update(lambda mb: policy.token_logprobs(mb.completion_ids), batch, obj, opt, sched,
                    list(policy.parameters()), micro_batch_size=samples_per_step, grad_clip=0.0)
             if step % measure_every == 0 or step == steps:
