@@ -1,18 +1,44 @@
-"""Golden values for advantage estimators (spec rlvr.md sections 1.1-1.4), hand-computed."""
+"""Golden values for every advantage estimator (spec rlvr.md sections 1-3, 13), hand-computed.
+
+Shared fixture: one group G=4, rewards [1,0,0,1], lengths [3,2,1,2] (8 tokens)."""
+
+import math
 
 import pytest
 import torch
 
-from tiltlm.advantages import ADVANTAGES, group_mean, group_zscore, rloo
+from tiltlm.advantages import ADVANTAGE_NEEDS, ADVANTAGES, AdvantageInputs
+from tiltlm.config import AdvantageConfig
 
-# One golden row per registered estimator: rewards [1,0,0,1] (one group) -> advantages.
-# group_zscore: mean .5, unbiased std sqrt(1/3)=0.57735 -> +-0.5/0.57735 = +-0.86603
-# group_mean: +-0.5;  rloo: r_i - mean(others): 1 - 1/3 = 0.66667, 0 - 2/3 = -0.66667
+S = math.sqrt(3) / 2  # 0.5 / unbiased std sqrt(1/3)
+SP0, SPM1 = math.log(2), math.log1p(math.exp(-1))  # softplus(0) = 0.693147, softplus(-1) = 0.313262
+
+
+def fixture(**kw) -> AdvantageInputs:
+    return AdvantageInputs(torch.tensor([1.0, 0, 0, 1]), torch.zeros(4, dtype=torch.long), torch.tensor([3, 2, 1, 2]), **kw)
+
+
+# One golden row per registered estimator, on the fixture.
 GOLDEN = {
-    "group_zscore": [0.86603, -0.86603, -0.86603, 0.86603],
-    "group_mean": [0.5, -0.5, -0.5, 0.5],
-    "rloo": [0.66667, -0.66667, -0.66667, 0.66667],
+    "group_zscore": [S, -S, -S, S],  # +-0.86603
+    "group_mean": [0.5, -0.5, -0.5, 0.5],  # Dr.GRPO
+    "rloo": [2 / 3, -2 / 3, -2 / 3, 2 / 3],  # r_i - mean of the other three
+    # REINFORCE++: token-weighted batch mean 5/8 = 0.625, unbiased token variance (5*.375^2 + 3*.625^2)/7 = 0.267857
+    # -> 0.72457 / -1.20761: one group, so centring first (the -baseline variant below) changes nothing here
+    "batch_whiten": [0.375 / math.sqrt(1.875 / 7), -0.625 / math.sqrt(1.875 / 7), -0.625 / math.sqrt(1.875 / 7),
+                     0.375 / math.sqrt(1.875 / 7)],
+    # REINFORCE++-baseline (spec): centred tokens 5 x (+.5), 3 x (-.5); mean .125, std .517549 -> 0.72457, -1.20761
+    "group_mean_batch_whiten": [0.72457, -1.20761, -1.20761, 0.72457],
+    # Lite PPO: group mean .5, batch std (4 rewards, unbiased) 0.57735 -> +-0.86603
+    "group_mean_batch_std": [S, -S, -S, S],
+    "weighted_pn": [0.1, -1.0, -1.0, 0.1],  # W-REINFORCE lambda = 0.1
+    # ACE (working form, alpha = 1): wrong rollouts with c = 0 and -1 -> -S (1 + softplus(c)): -1.46630, -1.13731
+    "ace": [S, -S * (1 + SP0), -S * (1 + SPM1), S],
 }
+
+
+def _inputs(name):
+    return fixture(confidence=torch.tensor([5.0, 0.0, -1.0, 5.0])) if name == "ace" else fixture()
 
 
 def test_every_registered_advantage_has_a_golden_row():
@@ -21,27 +47,50 @@ def test_every_registered_advantage_has_a_golden_row():
 
 @pytest.mark.parametrize("name", sorted(ADVANTAGES))
 def test_golden_fixture(name):
-    adv = ADVANTAGES[name](torch.tensor([1.0, 0.0, 0.0, 1.0]), torch.zeros(4, dtype=torch.long), 1e-6)
-    assert torch.allclose(adv, torch.tensor(GOLDEN[name]), atol=1e-4)
+    adv = ADVANTAGES[name](_inputs(name), AdvantageConfig())
+    assert torch.allclose(adv.double(), torch.tensor(GOLDEN[name], dtype=torch.float64), atol=1e-4), adv
 
 
-@pytest.mark.parametrize("name", sorted(ADVANTAGES))
+def test_spec_decimals():
+    # the spec's printed values, not derived here: ACE -> [0.86602, -1.46630, -1.13731, 0.86602]
+    adv = ADVANTAGES["ace"](_inputs("ace"), AdvantageConfig())
+    assert torch.allclose(adv, torch.tensor([0.86602, -1.46630, -1.13731, 0.86602], dtype=torch.float64), atol=1e-4)
+    assert ADVANTAGE_NEEDS["ace"] == {"ref"}
+
+
+@pytest.mark.parametrize("name", ["group_zscore", "group_mean", "rloo", "group_mean_batch_std", "ace"])
 def test_all_equal_group_gives_zero_advantage_without_nan(name):
-    adv = ADVANTAGES[name](torch.ones(4), torch.zeros(4, dtype=torch.long), 1e-6)
-    assert torch.equal(adv, torch.zeros(4))
+    x = AdvantageInputs(torch.ones(4), torch.zeros(4, dtype=torch.long), torch.tensor([3, 2, 1, 2]),
+                        confidence=torch.zeros(4))
+    assert torch.equal(ADVANTAGES[name](x, AdvantageConfig()), torch.zeros(4, dtype=torch.float64))
 
 
-def test_groups_are_normalised_separately():
-    # g0 = [1,0,0,1] -> +-0.86603; g1 = [1,1,1,0]: mean .75, std sqrt(.25/3*... ) = 0.5 -> [0.5,0.5,0.5,-1.5]
-    rewards = torch.tensor([1.0, 0, 0, 1, 1, 1, 1, 0])
-    groups = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
-    adv = group_zscore(rewards, groups)
-    assert torch.allclose(adv, torch.tensor([0.86603, -0.86603, -0.86603, 0.86603, 0.5, 0.5, 0.5, -1.5]), atol=1e-4)
-    assert torch.allclose(group_mean(rewards, groups), torch.tensor([0.5, -0.5, -0.5, 0.5, 0.25, 0.25, 0.25, -0.75]))
+def test_lite_ppo_uses_the_batch_std_across_groups():
+    # spec section 13: g1 = [1,0,0,1], g2 = [1,1,1,0]; batch std over 8 rewards 0.517549 -> g1 +-0.96609,
+    # g2 0.48305 / -1.44914 (GRPO would give g2 [0.5,0.5,0.5,-1.5])
+    x = AdvantageInputs(torch.tensor([1.0, 0, 0, 1, 1, 1, 1, 0]), torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]))
+    adv = ADVANTAGES["group_mean_batch_std"](x, AdvantageConfig())
+    want = [0.96609, -0.96609, -0.96609, 0.96609, 0.48305, 0.48305, 0.48305, -1.44914]
+    assert torch.allclose(adv, torch.tensor(want, dtype=torch.float64), atol=1e-4)
+    grpo = ADVANTAGES["group_zscore"](x, AdvantageConfig())
+    assert torch.allclose(grpo[4:], torch.tensor([0.5, 0.5, 0.5, -1.5], dtype=torch.float64), atol=1e-4)
 
 
-def test_interleaved_group_ids():
-    # group membership, not row order, defines the baseline
+def test_reinforce_pp_whitening_is_token_weighted():
+    # the same rewards with equal lengths give the sequence-weighted answer, which differs
+    x = AdvantageInputs(torch.tensor([1.0, 0, 0, 1]), torch.zeros(4, dtype=torch.long), torch.ones(4))
+    adv = ADVANTAGES["group_mean_batch_whiten"](x, AdvantageConfig())
+    assert torch.allclose(adv, torch.tensor([S, -S, -S, S], dtype=torch.float64), atol=1e-4)
+
+
+def test_groups_are_normalised_separately_and_by_membership():
     rewards = torch.tensor([1.0, 1.0, 0.0, 0.0])
-    groups = torch.tensor([0, 1, 0, 1])
-    assert torch.allclose(rloo(rewards, groups), torch.tensor([1.0, 1.0, -1.0, -1.0]))
+    groups = torch.tensor([0, 1, 0, 1])  # interleaved: membership, not row order, defines the baseline
+    adv = ADVANTAGES["rloo"](AdvantageInputs(rewards, groups), AdvantageConfig())
+    assert torch.allclose(adv, torch.tensor([1.0, 1.0, -1.0, -1.0], dtype=torch.float64))
+
+
+def test_weighted_pn_uses_correctness_not_reward_sign():
+    x = AdvantageInputs(torch.tensor([0.3, 0.3]), torch.zeros(2, dtype=torch.long), correct=torch.tensor([True, False]))
+    adv = ADVANTAGES["weighted_pn"](x, AdvantageConfig(positive_weight=0.5))
+    assert adv.tolist() == [0.5, -1.0]

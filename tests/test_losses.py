@@ -6,11 +6,16 @@ import math
 import pytest
 import torch
 
-from tiltlm.advantages import group_zscore
+from tiltlm.advantages import AdvantageInputs, group_zscore
 from tiltlm.batch import RolloutBatch
+from tiltlm.config import AdvantageConfig
 from tiltlm.objectives import AGGREGATIONS, KL_ESTIMATORS, ClippedPolicyGradient
 
 LENGTHS = [3, 2, 1, 2]  # the shared golden fixture: G=4, rewards [1,0,0,1], 8 valid tokens
+
+
+def zscore(rewards, groups):
+    return group_zscore(AdvantageInputs(rewards, groups), AdvantageConfig()).float()
 
 
 def fixture_batch(logp_old: torch.Tensor | None = None) -> RolloutBatch:
@@ -21,7 +26,7 @@ def fixture_batch(logp_old: torch.Tensor | None = None) -> RolloutBatch:
         prompt_ids=torch.ones(4, 2, dtype=torch.long), prompt_mask=torch.ones(4, 2, dtype=torch.long),
         completion_ids=torch.ones(4, C, dtype=torch.long), completion_mask=mask, sample_logprobs=old,
         group_ids=torch.zeros(4, dtype=torch.long), finished=torch.ones(4, dtype=torch.bool),
-        rewards=torch.tensor([1.0, 0, 0, 1]), advantages=group_zscore(torch.tensor([1.0, 0, 0, 1]), torch.zeros(4, dtype=torch.long)),
+        rewards=torch.tensor([1.0, 0, 0, 1]), advantages=zscore(torch.tensor([1.0, 0, 0, 1]), torch.zeros(4, dtype=torch.long)),
     )
 
 

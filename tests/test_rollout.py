@@ -3,13 +3,18 @@
 
 import torch
 
-from tiltlm.advantages import group_zscore
+from tiltlm.advantages import AdvantageInputs, group_zscore
 from tiltlm.batch import RolloutBatch
+from tiltlm.config import AdvantageConfig
 from tiltlm.logprobs import sequence_logprobs
 from tiltlm.objectives import AGGREGATIONS, ClippedPolicyGradient
 from tiltlm.rollout import HFEngine, decode_completions
 
 PROMPTS = ["1+2=", "123+456=", "7+89=", "99+1="]
+
+
+def zscore(rewards, groups):
+    return group_zscore(AdvantageInputs(rewards, groups), AdvantageConfig()).float()
 
 
 def _generate(model, tokenizer, n=4, temperature=1.0, seed=0, max_new=8):
@@ -79,7 +84,7 @@ def test_loss_and_gradient_invariant_to_micro_batching_and_padding(tiny_model, t
     for agg in AGGREGATIONS:
         batch = RolloutBatch(
             gen.prompt_ids, gen.prompt_mask, gen.completion_ids, gen.completion_mask, gen.sample_logprobs,
-            groups, gen.finished, rewards=rewards, advantages=group_zscore(rewards, groups),
+            groups, gen.finished, rewards=rewards, advantages=zscore(rewards, groups),
         )
         batch.loss_weights = AGGREGATIONS[agg](batch.completion_mask, 8.0)
         full_loss, full_grad = _loss_and_grad(tiny_model, batch, 16)

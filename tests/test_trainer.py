@@ -82,3 +82,13 @@ def test_reasoning_gym_task_trains(tmp_path):
                                  "task.size=50", "train.steps=2", "eval.prompts=4", "eval.samples=2", "eval.k=[1]"]))
     rows = [x for x in _metrics(r.run_dir) if "rollout/reward" in x]
     assert len(rows) == 2 and all(0 <= x["rollout/reward"] <= 1 for x in rows)
+
+
+def test_every_advantage_estimator_trains_and_ace_loads_the_reference(tmp_path):
+    from tiltlm.advantages import ADVANTAGES
+
+    assert prepare(load_config(None, [*TINY, "advantage.name=ace"])).reference is not None  # even at beta = 0
+    for name in ADVANTAGES:
+        r = train(load_config(None, [*TINY, f"log.run_dir={tmp_path}", f"log.run_name={name}", "train.steps=2",
+                                     f"advantage.name={name}"]))
+        assert len([m for m in _metrics(r.run_dir) if "adv/mean" in m]) == 2

@@ -1,14 +1,32 @@
-"""Advantage estimators: sequence-level rewards -> per-sequence advantages, broadcast over tokens by the loss.
+"""Advantage estimators: per-sequence signals -> per-sequence advantages, broadcast over tokens by the loss.
 
-Every function has the signature ``fn(rewards [B], group_ids [B], eps) -> advantages [B]``; rows of one group share
-a group id. Std is the unbiased (N-1) one, as in verl / TRL / oat (spec rlvr.md section 0).
+Every estimator is ``fn(x: AdvantageInputs, c: AdvantageConfig) -> advantages [B]``. Rows of one group share a
+group id. Std is the unbiased (N-1) one, as in verl / TRL / oat (spec rlvr.md section 0). ``ADVANTAGE_NEEDS``
+names estimators that need extra log-probs (ACE needs the reference), so the trainer computes them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
+
+from tiltlm.config import AdvantageConfig
+
+
+@dataclass
+class AdvantageInputs:
+    rewards: torch.Tensor  # [B] the objective's sequence signal (the task reward for policy-gradient objectives)
+    group_ids: torch.Tensor  # [B]
+    lengths: torch.Tensor | None = None  # [B] valid completion tokens per row (token-weighted statistics)
+    correct: torch.Tensor | None = None  # [B] bool; defaults to rewards > 0
+    confidence: torch.Tensor | None = None  # [B] log pi_old(y) - log pi_ref(y) (ACE)
+
+    @property
+    def is_correct(self) -> torch.Tensor:
+        return self.correct.bool() if self.correct is not None else self.rewards > 0
 
 
 def _group_stats(rewards: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -22,26 +40,86 @@ def _group_stats(rewards: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.
     return mean[inv], std[inv], counts[inv].to(r.dtype)
 
 
-def group_zscore(rewards: torch.Tensor, group_ids: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+def _token_whiten(values: torch.Tensor, lengths: torch.Tensor, eps: float) -> torch.Tensor:
+    """Whiten over all valid tokens of the batch: each row counts once per token (verl ``masked_whiten``)."""
+    w = lengths.double()
+    mean = (w * values).sum() / w.sum()
+    var = (w * (values - mean) ** 2).sum() / (w.sum() - 1).clamp(min=1)
+    return (values - mean) / (var.sqrt() + eps)
+
+
+def group_zscore(x: AdvantageInputs, c: AdvantageConfig) -> torch.Tensor:
     """GRPO (Shao et al. 2024, DeepSeekMath): A_i = (r_i - mean_g) / (std_g + eps)."""
-    mean, std, _ = _group_stats(rewards, group_ids)
-    return ((rewards.double() - mean) / (std + eps)).to(rewards.dtype)
+    mean, std, _ = _group_stats(x.rewards, x.group_ids)
+    return (x.rewards.double() - mean) / (std + c.eps)
 
 
-def group_mean(rewards: torch.Tensor, group_ids: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+def group_mean(x: AdvantageInputs, c: AdvantageConfig) -> torch.Tensor:
     """Dr.GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training"): A_i = r_i - mean_g (no std division)."""
-    mean, _, _ = _group_stats(rewards, group_ids)
-    return (rewards.double() - mean).to(rewards.dtype)
+    mean, _, _ = _group_stats(x.rewards, x.group_ids)
+    return x.rewards.double() - mean
 
 
-def rloo(rewards: torch.Tensor, group_ids: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """RLOO (Ahmadian et al. 2024; Kool et al. 2019): A_i = r_i - mean of the other G-1 rewards = G/(G-1) (r_i - mean_g)."""
-    mean, _, n = _group_stats(rewards, group_ids)
-    return ((rewards.double() - mean) * n / (n - 1).clamp(min=1)).to(rewards.dtype)
+def rloo(x: AdvantageInputs, c: AdvantageConfig) -> torch.Tensor:
+    """RLOO (Ahmadian et al. 2024; Kool et al. 2019): A_i = r_i - mean of the other G-1 = G/(G-1) (r_i - mean_g)."""
+    mean, _, n = _group_stats(x.rewards, x.group_ids)
+    return (x.rewards.double() - mean) * n / (n - 1).clamp(min=1)
 
 
-ADVANTAGES: dict[str, Callable[..., torch.Tensor]] = {
+def batch_whiten(x: AdvantageInputs, c: AdvantageConfig) -> torch.Tensor:
+    """REINFORCE++ (Hu 2025): no group baseline; the outcome return whitened over all valid tokens of the batch."""
+    return _token_whiten(x.rewards.double(), x.lengths, c.eps)
+
+
+def group_mean_batch_whiten(x: AdvantageInputs, c: AdvantageConfig) -> torch.Tensor:
+    """REINFORCE++-baseline (Hu 2025): subtract the group mean, then whiten over all valid tokens of the batch."""
+    mean, _, _ = _group_stats(x.rewards, x.group_ids)
+    return _token_whiten(x.rewards.double() - mean, x.lengths, c.eps)
+
+
+def group_mean_batch_std(x: AdvantageInputs, c: AdvantageConfig) -> torch.Tensor:
+    """Lite PPO (Liu et al. 2025, "Part I: Tricks or Traps?"): (r_i - mean_g) / (std over all responses + eps)."""
+    mean, _, _ = _group_stats(x.rewards, x.group_ids)
+    return (x.rewards.double() - mean) / (x.rewards.double().std() + c.eps)
+
+
+def weighted_pn(x: AdvantageInputs, c: AdvantageConfig) -> torch.Tensor:
+    """W-REINFORCE (Zhu et al. 2025, "The Surprising Effectiveness of Negative Reinforcement"): A = +lambda for a
+    correct response, -1 for a wrong one; no baseline. lambda = advantage.positive_weight (paper: 0.1)."""
+    right = x.is_correct
+    return torch.where(right, torch.full_like(x.rewards, c.positive_weight), -torch.ones_like(x.rewards)).double()
+
+
+def ace(x: AdvantageInputs, c: AdvantageConfig) -> torch.Tensor:
+    """ACE (Xu et al. 2026, arXiv 2602.21420) on GRPO advantages: a wrong response's negative advantage is scaled
+    by 1 + alpha * softplus(c_i), c_i = log pi_old(y) - log pi_ref(y), so confident errors are pushed down harder.
+    Reconstruction: the paper's exact form was not readable (spec rlvr.md section 3); alpha = advantage.ace_alpha."""
+    base = group_zscore(x, c)
+    if x.confidence is None:
+        raise ValueError("ace needs reference log-probs (confidence = log pi_old(y) - log pi_ref(y))")
+    scale = 1.0 + c.ace_alpha * F.softplus(x.confidence.double())
+    return torch.where(~x.is_correct & (base < 0), base * scale, base)
+
+
+ADVANTAGES: dict[str, Callable[[AdvantageInputs, AdvantageConfig], torch.Tensor]] = {
     "group_zscore": group_zscore,
     "group_mean": group_mean,
     "rloo": rloo,
+    "batch_whiten": batch_whiten,
+    "group_mean_batch_whiten": group_mean_batch_whiten,
+    "group_mean_batch_std": group_mean_batch_std,
+    "weighted_pn": weighted_pn,
+    "ace": ace,
 }
+
+ADVANTAGE_NEEDS: dict[str, set[str]] = {"ace": {"ref"}}
+
+
+def advantages_for(fn: Callable, batch, signal: torch.Tensor, c: AdvantageConfig) -> torch.Tensor:
+    """Run estimator ``fn`` on a RolloutBatch whose per-sequence signal is ``signal``; float32 [B]."""
+    mask = batch.completion_mask
+    confidence = None
+    if batch.ref_logprobs is not None:
+        confidence = ((batch.sample_logprobs - batch.ref_logprobs) * mask).sum(-1)
+    x = AdvantageInputs(signal, batch.group_ids, mask.sum(-1), batch.correct, confidence)
+    return fn(x, c).to(torch.float32)

@@ -87,6 +87,8 @@ class ObjectiveConfig:
 class AdvantageConfig:
     name: str = f("auto", "advantage estimator (registry ADVANTAGES); auto = the objective's default")
     eps: float = f(1e-6, "added to the std in normalised advantages")
+    positive_weight: float = f(0.1, "weighted_pn (W-REINFORCE): advantage of a correct response (wrong ones get -1)")
+    ace_alpha: float = f(1.0, "ace: strength of the confidence penalty on wrong responses")
 
 
 @dataclass

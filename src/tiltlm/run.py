@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import difflib
 import json
 import os
@@ -16,7 +17,7 @@ from typing import Any
 
 import torch
 
-from tiltlm.advantages import ADVANTAGES
+from tiltlm.advantages import ADVANTAGE_NEEDS, ADVANTAGES
 from tiltlm.config import Config, dump_config
 from tiltlm.errors import TiltError
 from tiltlm.evaluate import EvalResult, evaluate
@@ -77,6 +78,7 @@ class Setup:
     device: torch.device
     rehearsal_pool: Any = None  # RolloutBatch of pi0's stored samples, for objectives that ask for it
     proposal: torch.nn.Module | None = None  # frozen sampling policy q != pi_theta (KL-adaptive DPG)
+    needs: set = dataclasses.field(default_factory=set)  # extra log-probs for the objective and the advantage
 
     @property
     def params(self) -> list[torch.nn.Parameter]:
@@ -116,6 +118,7 @@ def prepare(cfg: Config) -> Setup:
     objective = build_objective(cfg.objective)
     adv_name = objective.default_advantage if cfg.advantage.name == "auto" else cfg.advantage.name
     advantage = pick(ADVANTAGES, adv_name, "advantage.name")
+    needs = set(objective.needs) | ADVANTAGE_NEEDS.get(adv_name, set())
     agg_name = objective.default_aggregation if cfg.objective.aggregation == "auto" else cfg.objective.aggregation
     aggregate = pick(AGGREGATIONS, agg_name, "objective.aggregation")
     engine_cls = pick(ENGINES, cfg.rollout.engine, "rollout.engine")
@@ -134,7 +137,7 @@ def prepare(cfg: Config) -> Setup:
     model, tokenizer = load_model_and_tokenizer(cfg.model.path, dtype)
     model.to(device)
     reference = None
-    if "ref" in objective.needs:
+    if "ref" in needs:
         reference, _ = load_model_and_tokenizer(cfg.model.path, dtype)
         reference.to(device).eval().requires_grad_(False)
     constant = cfg.objective.aggregation_constant or float(cfg.rollout.max_new_tokens)
@@ -148,7 +151,7 @@ def prepare(cfg: Config) -> Setup:
         proposal = copy.deepcopy(model).eval().requires_grad_(False)
     engine = engine_cls(proposal or model, tokenizer.eos_token_id, tokenizer.pad_token_id)
     s = Setup(cfg, task, model, tokenizer, reference, engine, objective, advantage, aggregate, constant,
-              optimizer, scheduler, device, proposal=proposal)
+              optimizer, scheduler, device, proposal=proposal, needs=needs)
     if getattr(objective, "needs_rehearsal", False):
         s.rehearsal_pool = build_rehearsal_pool(s)
     target = getattr(objective, "target", None)

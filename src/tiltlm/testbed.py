@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import torch
 
-from tiltlm.advantages import ADVANTAGES
+from tiltlm.advantages import ADVANTAGE_NEEDS, ADVANTAGES, advantages_for
 from tiltlm.batch import RolloutBatch
-from tiltlm.config import ObjectiveConfig
+from tiltlm.config import AdvantageConfig, ObjectiveConfig
 from tiltlm.objectives import AGGREGATIONS, OBJECTIVES
 from tiltlm.target import ConstraintEvidence, MomentEvidence, RewardEvidence, Target
 
@@ -187,7 +187,9 @@ class Testbed:
         if isinstance(getattr(obj, "target", None), Target) and cfg.evidence == "moment":
             obj.target = target  # the exactly fitted lambda
         exact = self.exact(target)
-        adv_fn = ADVANTAGES[obj.default_advantage if advantage == "auto" else advantage]
+        adv_name = obj.default_advantage if advantage == "auto" else advantage
+        adv_fn = ADVANTAGES[adv_name]
+        needs = set(obj.needs) | ADVANTAGE_NEEDS.get(adv_name, set())
         agg_fn = AGGREGATIONS[obj.default_aggregation if aggregation == "auto" else aggregation]
         policy = TabularPolicy(self.V, self.L, self.prior.logits.detach())
         opt = torch.optim.SGD(policy.parameters(), lr=lr)  # plain SGD: Adam turns rare rows' noise into full steps
@@ -202,9 +204,9 @@ class Testbed:
             if proposal is not None and step % proposal_every == 0 and obj.policy_is_closer(batch):
                 proposal.logits.data.copy_(policy.logits.data)
                 swaps += 1
-            if "ref" not in obj.needs:
+            if "ref" not in needs:
                 batch.ref_logprobs = None
-            batch.advantages = adv_fn(obj.sequence_signal(batch), batch.group_ids, 1e-6)
+            batch.advantages = advantages_for(adv_fn, batch, obj.sequence_signal(batch), AdvantageConfig())
             batch.loss_weights = agg_fn(batch.completion_mask, float(self.L))
             if getattr(obj, "needs_rehearsal", False):  # DPH-RL: samples of pi0 (a fresh draw = a stored pool)
                 rehearsal = self.batch(self.prior, obj.rehearsal_rows, obj.rehearsal_rows, gen)

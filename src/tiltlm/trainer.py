@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from tiltlm.advantages import advantages_for
 from tiltlm.batch import RolloutBatch
 from tiltlm.config import Config
 from tiltlm.evaluate import EvalResult
@@ -79,12 +80,12 @@ def train(cfg: Config, progress=None) -> TrainResult:
                 correct=torch.tensor([sc.correct for sc in scores]),
             )
             # 4. attach the log-probs the objective needs (never computed otherwise)
-            if "ref" in s.objective.needs:
+            if "ref" in s.needs:
                 batch.ref_logprobs = s.logprobs_without_grad(s.reference, batch)
             if s.proposal is not None:  # samples came from a frozen proposal q: pi_theta's own log-probs too
                 batch.policy_logprobs = s.logprobs_without_grad(s.model, batch)
             # 5. the objective's per-sequence signal (reward or pseudo-reward) -> advantages; aggregation weights
-            batch.advantages = s.advantage(s.objective.sequence_signal(batch), batch.group_ids, cfg.advantage.eps)
+            batch.advantages = advantages_for(s.advantage, batch, s.objective.sequence_signal(batch), cfg.advantage)
             batch.loss_weights = s.aggregate(batch.completion_mask, s.aggregation_constant)
             learn = batch
             if s.rehearsal_pool is not None:  # stored samples of pi0 join the batch (DPH-RL), with their own weights
