@@ -9,7 +9,7 @@ import torch
 from tiltlm.advantages import AdvantageInputs, group_zscore
 from tiltlm.batch import RolloutBatch
 from tiltlm.config import AdvantageConfig
-from tiltlm.objectives import AGGREGATIONS, KL_ESTIMATORS, ClippedPolicyGradient
+from tiltlm.objectives import AGGREGATIONS, KL_ESTIMATORS, SURROGATES, ClippedPolicyGradient
 
 LENGTHS = [3, 2, 1, 2]  # the shared golden fixture: G=4, rewards [1,0,0,1], 8 valid tokens
 
@@ -133,3 +133,65 @@ def test_zero_gradient_rows():
     batch.advantages = torch.tensor([0.5, 0.0, -0.5, 0.0])
     assert ClippedPolicyGradient(beta=0.0).rows_with_gradient(batch).tolist() == [True, False, True, False]
     assert ClippedPolicyGradient(beta=0.1).rows_with_gradient(batch).all()
+
+
+def _surrogate(name, log_ratio, adv, clip_low=0.2, clip_high=0.28, mask=None, c=3.0):
+    old = torch.full((1, len(log_ratio)), -1.0)
+    logp = (old + torch.tensor([log_ratio])).requires_grad_(True)
+    m = torch.ones_like(old) if mask is None else torch.tensor([mask])
+    loss, clipped = SURROGATES[name](logp, old, torch.full_like(old, adv), m, clip_low, clip_high, c)
+    loss.sum().backward()
+    return loss.detach()[0].tolist(), logp.grad[0].tolist(), clipped[0].tolist()
+
+
+def _approx(values, expected, tol=1e-5):
+    return all(abs(a - b) < tol for a, b in zip(values, expected)) and len(values) == len(expected)
+
+
+SURROGATE_GOLDEN = {
+    # spec rlvr.md 1.3 (DAPO): A=+1, rho=1.30 -> clip-higher loss -1.28, gradient 0; rho=1.25 -> -1.25, gradient
+    # -1.25 (inside the wider bound); A=-1, rho=0.75 -> clipped at 0.8: loss 0.8, gradient 0.
+    "ppo": [((math.log(1.30), 1.0), [-1.28], [0.0]), ((math.log(1.25), 1.0), [-1.25], [-1.25]),
+            ((math.log(0.75), -1.0), [0.8], [0.0])],
+    # A=-1: rho=5 -> ppo loss 5 is capped at -A*c = 3 (gradient 0); rho=2 -> 2 stays (gradient -A*rho = 2).
+    "dual_clip": [((math.log(5.0), -1.0), [3.0], [0.0]), ((math.log(2.0), -1.0), [2.0], [2.0]),
+                  ((math.log(5.0), 1.0), [-1.28], [0.0])],
+    # spec 1.6: token log-ratios [0.1, 0.3] -> s = exp(0.2) = 1.22140; with eps_high = 4e-4: loss -1.0004 per token,
+    # gradient 0; with eps_high = 0.5 (unclipped): loss -1.22140 per token and gradient -s on every token.
+    "gspo": [(([0.1, 0.3], 1.0, 3e-4, 4e-4), [-1.0004, -1.0004], [0.0, 0.0]),
+             (([0.1, 0.3], 1.0, 0.2, 0.5), [-1.22140, -1.22140], [-1.22140, -1.22140])],
+    # CISPO: rho=1.5 -> weight clipped to 1.28, loss -1.28 * logp (logp = -1 + log 1.5), gradient -1.28 (PPO: 0)
+    "cispo": [((math.log(1.5), 1.0), [-1.28 * (-1 + math.log(1.5))], [-1.28]),
+              ((math.log(1.1), 1.0), [-1.1 * (-1 + math.log(1.1))], [-1.1])],
+}
+
+
+def test_every_surrogate_has_golden_rows():
+    assert set(SURROGATES) == set(SURROGATE_GOLDEN)
+
+
+@pytest.mark.parametrize("name", sorted(SURROGATES))
+def test_surrogate_golden(name):
+    for args, want_loss, want_grad in SURROGATE_GOLDEN[name]:
+        log_ratio, adv, *clip = args
+        log_ratio = log_ratio if isinstance(log_ratio, list) else [log_ratio]
+        loss, grad, _ = _surrogate(name, log_ratio, adv, *clip)
+        assert _approx(loss, want_loss) and _approx(grad, want_grad), (name, args, loss, grad)
+
+
+def test_gspo_ratio_is_per_sequence_and_ignores_padding():
+    # a padded third token with a wild log-ratio must not enter the sequence ratio
+    loss, grad, _ = _surrogate("gspo", [0.1, 0.3, 5.0], 1.0, 0.2, 0.5, mask=[1, 1, 0])
+    assert _approx(loss[:2], [-1.22140, -1.22140])
+
+
+def test_grpo_objective_selects_the_surrogate():
+    batch = fixture_batch()
+    logp = torch.full((4, 3), -1.0)
+    logp[0, 0] = -1.0 + math.log(5.0)
+    batch.advantages = -batch.advantages  # row 0 now has A < 0 and rho = 5
+    ppo_loss, _ = ClippedPolicyGradient(surrogate="ppo").token_loss(logp, batch)
+    dual_loss, stats = ClippedPolicyGradient(surrogate="dual_clip").token_loss(logp, batch)
+    assert ppo_loss[0, 0].item() == pytest.approx(math.sqrt(3) / 2 * 5, abs=1e-5)
+    assert dual_loss[0, 0].item() == pytest.approx(math.sqrt(3) / 2 * 3, abs=1e-5)
+    assert stats["loss/clip_frac"][0, 0] == 1.0

@@ -92,3 +92,13 @@ def test_every_advantage_estimator_trains_and_ace_loads_the_reference(tmp_path):
         r = train(load_config(None, [*TINY, f"log.run_dir={tmp_path}", f"log.run_name={name}", "train.steps=2",
                                      f"advantage.name={name}"]))
         assert len([m for m in _metrics(r.run_dir) if "adv/mean" in m]) == 2
+
+
+def test_every_surrogate_trains(tmp_path):
+    from tiltlm.objectives import SURROGATES
+
+    for name in SURROGATES:
+        r = train(load_config(None, [*TINY, f"log.run_dir={tmp_path}", f"log.run_name={name}", "train.steps=2",
+                                     f"objective.surrogate={name}", "train.updates_per_batch=2"]))
+        rows = [m for m in _metrics(r.run_dir) if "loss/total" in m]
+        assert len(rows) == 2 and all(abs(m["loss/total"]) < 1e3 for m in rows)

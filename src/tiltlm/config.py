@@ -64,6 +64,8 @@ class ObjectiveConfig:
     beta: float = f(0.0, "pg: KL coefficient (0 = no reference model); f-DPG family: target temperature, pi* ∝ pi0 exp(r/beta)")
     clip_low: float = f(0.2, "PPO clip: ratio lower bound is 1 - clip_low")
     clip_high: float = f(0.2, "PPO clip: ratio upper bound is 1 + clip_high (DAPO clip-higher uses 0.28)")
+    surrogate: str = f("ppo", "pg objectives: how the ratio enters the loss: ppo | dual_clip | gspo | cispo")
+    dual_clip_c: float = f(3.0, "dual_clip: for A < 0 the token loss is capped at -A * c")
     kl_estimator: str = f("k3", "per-token KL estimator: k1 | k2 | k3")
     kl_placement: str = f("loss", "where the KL goes: loss (GRPO) | reward (KL-regularised RL, use k1)")
     kl_correction: bool = f(False, "loss placement: multiply the KL term by pi/pi_old (unbiased reverse KL for k3)")

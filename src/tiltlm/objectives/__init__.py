@@ -23,6 +23,7 @@ from tiltlm.objectives.dph import GENERATORS, DivergencePreservingHybrid
 from tiltlm.objectives.fdpg import F_DIVERGENCES, FDivergence
 from tiltlm.objectives.kl import KL_ESTIMATORS
 from tiltlm.objectives.pg import ClippedPolicyGradient
+from tiltlm.objectives.surrogates import SURROGATES
 from tiltlm.target import ConstraintEvidence, MomentEvidence, RewardEvidence, Target
 
 
@@ -53,10 +54,18 @@ def build_target(c: ObjectiveConfig) -> Target:
     raise TiltError(f"unknown objective.evidence '{c.evidence}' (valid: reward, constraint, moment)")
 
 
-def _grpo(c: ObjectiveConfig) -> Objective:
+def _pg_kwargs(c: ObjectiveConfig) -> dict:
     if c.kl_placement not in ("loss", "reward"):
         raise TiltError(f"unknown objective.kl_placement '{c.kl_placement}' (valid: loss, reward)")
-    return ClippedPolicyGradient(c.clip_low, c.clip_high, c.beta, c.kl_estimator, c.kl_placement, c.kl_correction)
+    if c.surrogate not in SURROGATES:
+        raise TiltError(f"unknown objective.surrogate '{c.surrogate}' (valid: {', '.join(SURROGATES)})")
+    return dict(clip_low=c.clip_low, clip_high=c.clip_high, beta=c.beta, kl_estimator=c.kl_estimator,
+                kl_placement=c.kl_placement, kl_correction=c.kl_correction, surrogate=c.surrogate,
+                dual_clip_c=c.dual_clip_c)
+
+
+def _grpo(c: ObjectiveConfig) -> Objective:
+    return ClippedPolicyGradient(**_pg_kwargs(c))
 
 
 def _kl_rl(c: ObjectiveConfig) -> Objective:
@@ -69,15 +78,13 @@ def _rapo(c: ObjectiveConfig) -> Objective:
     if c.forward_kl_coef <= 0 or c.forward_kl_alpha <= 0:
         raise TiltError("objective 'rapo' needs objective.forward_kl_coef > 0 and objective.forward_kl_alpha > 0")
     tilted_reference = FDivergence(Target(RewardEvidence(c.forward_kl_alpha)), "fkl", z_estimate="group")
-    return ClippedPolicyGradient(c.clip_low, c.clip_high, c.beta, c.kl_estimator, c.kl_placement, c.kl_correction,
-                                 forward_kl=tilted_reference, forward_kl_coef=c.forward_kl_coef)
+    return ClippedPolicyGradient(**_pg_kwargs(c), forward_kl=tilted_reference, forward_kl_coef=c.forward_kl_coef)
 
 
 def _dph(c: ObjectiveConfig) -> Objective:
     if c.rehearsal_divergence not in GENERATORS:
         raise TiltError(f"unknown objective.rehearsal_divergence '{c.rehearsal_divergence}' (valid: {', '.join(GENERATORS)})")
-    return DivergencePreservingHybrid(c.clip_low, c.clip_high, c.beta, c.kl_estimator, c.kl_placement, c.kl_correction,
-                                      coef=c.rehearsal_coef, divergence=c.rehearsal_divergence,
+    return DivergencePreservingHybrid(**_pg_kwargs(c), coef=c.rehearsal_coef, divergence=c.rehearsal_divergence,
                                       rehearsal_rows=c.rehearsal_rows)
 
 
@@ -102,5 +109,5 @@ OBJECTIVES: dict[str, tuple[Callable[[ObjectiveConfig], Objective], str]] = {
     "rapo": (_rapo, "GRPO + forward-KL penalty to pi_ref exp(r/alpha), reconstruction (Deng et al. 2025, RAPO)"),
 }
 
-__all__ = ["GENERATORS", "AGGREGATIONS", "KL_ESTIMATORS", "OBJECTIVES", "ClippedPolicyGradient", "FDivergence", "Objective",
+__all__ = ["GENERATORS", "SURROGATES", "AGGREGATIONS", "KL_ESTIMATORS", "OBJECTIVES", "ClippedPolicyGradient", "FDivergence", "Objective",
            "build_target"]

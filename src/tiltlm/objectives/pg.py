@@ -34,6 +34,7 @@ import torch
 from tiltlm.batch import RolloutBatch
 from tiltlm.objectives.fdpg import FDivergence
 from tiltlm.objectives.kl import KL_ESTIMATORS
+from tiltlm.objectives.surrogates import SURROGATES
 
 
 @dataclass
@@ -48,6 +49,8 @@ class ClippedPolicyGradient:
     default_aggregation: str = "seq_mean_token_mean"
     forward_kl: FDivergence | None = None  # RAPO-style forward-KL penalty toward pi_ref exp(r / alpha)
     forward_kl_coef: float = 0.0
+    surrogate: str = "ppo"  # how the ratio enters the loss: ppo | dual_clip | gspo | cispo (surrogates.py)
+    dual_clip_c: float = 3.0
 
     @property
     def needs(self) -> set[str]:
@@ -69,12 +72,12 @@ class ClippedPolicyGradient:
         return batch.advantages != 0
 
     def token_loss(self, logp: torch.Tensor, batch: RolloutBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        adv = batch.advantages.unsqueeze(-1).to(logp.dtype)
+        adv = batch.advantages.unsqueeze(-1).to(logp.dtype).expand_as(logp)
         ratio = torch.exp(logp - batch.sample_logprobs)
-        unclipped = -adv * ratio
-        clipped = -adv * ratio.clamp(1.0 - self.clip_low, 1.0 + self.clip_high)
-        loss = torch.maximum(unclipped, clipped)
-        stats = {"loss/clip_frac": (clipped > unclipped).float(), "loss/ratio": ratio.detach()}
+        loss, was_clipped = SURROGATES[self.surrogate](
+            logp, batch.sample_logprobs, adv, batch.completion_mask, self.clip_low, self.clip_high, self.dual_clip_c
+        )
+        stats = {"loss/clip_frac": was_clipped.float(), "loss/ratio": ratio.detach()}
         if self.beta > 0:
             kl = KL_ESTIMATORS[self.kl_estimator](logp, batch.ref_logprobs)
             stats[f"kl/ref_{self.kl_estimator}"] = kl.detach()
