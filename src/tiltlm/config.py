@@ -94,6 +94,19 @@ class AdvantageConfig:
 
 
 @dataclass
+class ShapingConfig:
+    names: list = f([], "reward shaping applied in order (registry SHAPINGS): overlong_penalty, laser")
+    filter_truncated: bool = f(False, "DAPO overlong filtering: responses cut at max_new_tokens carry no loss")
+    overlong_max: int = f(0, "overlong_penalty: hard length limit L_max (0 = rollout.max_new_tokens)")
+    overlong_buffer: int = f(2, "overlong_penalty: soft buffer L_buf before L_max")
+    overlong_factor: float = f(1.0, "overlong_penalty: penalty at L = L_max")
+    laser_alpha: float = f(0.5, "laser: length bonus / penalty alpha")
+    laser_target: int = f(4, "laser: target length L_T in tokens")
+    laser_mode: str = f("reward", "laser: reward (+alpha if L <= L_T) | penalty (-alpha if L > L_T) | hybrid")
+    laser_wrong: float = f(-0.5, "laser: reward of a wrong response")
+
+
+@dataclass
 class OptimConfig:
     lr: float = f(3e-4, "peak learning rate (AdamW)")
     betas: list = f([0.9, 0.99], "AdamW betas")
@@ -117,7 +130,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    every: int = f(0, "held-out evaluation every N steps (0 = only at the end)")
+    every: int = f(100, "held-out evaluation every N steps (0 = only at the start and the end)")
     prompts: int = f(200, "held-out prompts per evaluation")
     samples: int = f(16, "samples per held-out prompt")
     k: list = f([1, 4, 16], "pass@k values reported")
@@ -144,6 +157,7 @@ class Config:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
+    shaping: ShapingConfig = field(default_factory=ShapingConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

@@ -56,6 +56,14 @@ def _check_positive(cfg: Config) -> None:
         raise TiltError(f"config key 'rollout.temperature' must be > 0 for training, got {cfg.rollout.temperature}")
     if cfg.objective.beta < 0:
         raise TiltError(f"config key 'objective.beta' must be >= 0, got {cfg.objective.beta}")
+    from tiltlm.shaping import SHAPINGS
+
+    for name in cfg.shaping.names:
+        pick(SHAPINGS, name, "shaping.names entry")
+    if cfg.shaping.laser_mode not in ("reward", "penalty", "hybrid"):
+        raise TiltError(f"unknown shaping.laser_mode '{cfg.shaping.laser_mode}' (valid: reward, penalty, hybrid)")
+    if "overlong_penalty" in cfg.shaping.names and cfg.shaping.overlong_buffer < 1:
+        raise TiltError("shaping.overlong_buffer must be >= 1")
     bad = [k for k in cfg.eval.k if not isinstance(k, int) or not 1 <= k <= cfg.eval.samples]
     if cfg.eval.prompts > 0 and bad:
         raise TiltError(f"config key 'eval.k' values must be integers in 1..eval.samples ({cfg.eval.samples}), got {bad}")

@@ -19,6 +19,7 @@ Each step, top to bottom:
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from tiltlm.evaluate import EvalResult
 from tiltlm.logprobs import sequence_logprobs
 from tiltlm.rollout import decode_completions
 from tiltlm.run import Run, Setup, prepare
+from tiltlm.shaping import shape_rewards
 
 
 @dataclass
@@ -51,6 +53,7 @@ def train(cfg: Config, progress=None) -> TrainResult:
     rng = random.Random(cfg.train.seed)
     sampler_rng = torch.Generator(device=s.device).manual_seed(cfg.train.seed)
     P, G = cfg.rollout.prompts_per_step, cfg.rollout.samples_per_prompt
+    shaping = dataclasses.replace(cfg.shaping, overlong_max=cfg.shaping.overlong_max or cfg.rollout.max_new_tokens)
     base_eval = run.evaluate(s, step=0) if cfg.eval.prompts > 0 and run.eval_at_start else None
     history, t_start, step = [], time.perf_counter(), 0
 
@@ -79,6 +82,8 @@ def train(cfg: Config, progress=None) -> TrainResult:
                 rewards=torch.tensor([sc.reward for sc in scores]),
                 correct=torch.tensor([sc.correct for sc in scores]),
             )
+            if cfg.shaping.names:  # length-based shaping (DAPO overlong, LASER); correctness stays as scored
+                batch.rewards = shape_rewards(batch.rewards, batch.correct, batch.lengths, shaping)
             # 4. attach the log-probs the objective needs (never computed otherwise)
             if "ref" in s.needs:
                 batch.ref_logprobs = s.logprobs_without_grad(s.reference, batch)
@@ -86,7 +91,8 @@ def train(cfg: Config, progress=None) -> TrainResult:
                 batch.policy_logprobs = s.logprobs_without_grad(s.model, batch)
             # 5. the objective's per-sequence signal (reward or pseudo-reward) -> advantages; aggregation weights
             batch.advantages = advantages_for(s.advantage, batch, s.objective.sequence_signal(batch), cfg.advantage)
-            batch.loss_weights = s.aggregate(batch.completion_mask, s.aggregation_constant)
+            weight_mask = batch.completion_mask * batch.finished.unsqueeze(-1) if cfg.shaping.filter_truncated else batch.completion_mask
+            batch.loss_weights = s.aggregate(weight_mask, s.aggregation_constant)
             learn = batch
             if s.rehearsal_pool is not None:  # stored samples of pi0 join the batch (DPH-RL), with their own weights
                 learn = RolloutBatch.concat(batch, rehearsal_rows(s, rng), s.tokenizer.pad_token_id)
