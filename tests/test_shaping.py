@@ -1,6 +1,7 @@
 """Golden values for reward shaping (spec rlvr.md sections 1.3 and 10) and overlong filtering."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -57,6 +58,6 @@ def test_shaping_in_training(tmp_path):
     r = train(load_config(None, [f"log.run_dir={tmp_path}", "log.progress=false", "eval.prompts=0", "train.steps=2",
                                  "rollout.prompts_per_step=8", "rollout.samples_per_prompt=4", "task.max_digits=2",
                                  "shaping.names=[laser, overlong_penalty]", "shaping.filter_truncated=true"]))
-    rows = [json.loads(x) for x in open(f"{r.run_dir}/metrics.jsonl")]
+    rows = [json.loads(x) for x in Path(r.run_dir, "metrics.jsonl").read_text().splitlines()]
     # LASER maps wrong answers to -0.5, so the shaped mean reward can be negative while pass@1 stays in [0, 1]
     assert all(-0.5 - 1.0 <= m["rollout/reward"] <= 1.5 and 0 <= m["rollout/pass@1"] <= 1 for m in rows)
