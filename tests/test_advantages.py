@@ -32,6 +32,8 @@ GOLDEN = {
     # Lite PPO: group mean .5, batch std (4 rewards, unbiased) 0.57735 -> +-0.86603
     "group_mean_batch_std": [S, -S, -S, S],
     "weighted_pn": [0.1, -1.0, -1.0, 0.1],  # W-REINFORCE lambda = 0.1
+    "psr": [1.0, 0.0, 0.0, 1.0],
+    "nsr": [0.0, -1.0, -1.0, 0.0],
     # ACE (working form, alpha = 1): wrong rollouts with c = 0 and -1 -> -S (1 + softplus(c)): -1.46630, -1.13731
     "ace": [S, -S * (1 + SP0), -S * (1 + SPM1), S],
 }

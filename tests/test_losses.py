@@ -195,3 +195,19 @@ def test_grpo_objective_selects_the_surrogate():
     assert ppo_loss[0, 0].item() == pytest.approx(math.sqrt(3) / 2 * 5, abs=1e-5)
     assert dual_loss[0, 0].item() == pytest.approx(math.sqrt(3) / 2 * 3, abs=1e-5)
     assert stats["loss/clip_frac"][0, 0] == 1.0
+
+
+@pytest.mark.parametrize("name, want", [("weighted_pn", 0.3125), ("psr", -1.0), ("nsr", 1.0)])
+def test_w_reinforce_psr_nsr_loss_golden(name, want):
+    # spec rlvr.md section 2, fixture, token-mean, rho = 1: W-REINFORCE (lambda 0.1) -(0.3-2-1+0.2)/8 = 0.3125 over all
+    # rows; PSR / NSR train on their subset only (normalise_over=kept_rows): loss -1.0 / +1.0.
+    from tiltlm.advantages import ADVANTAGES
+
+    batch = fixture_batch()
+    x = AdvantageInputs(batch.rewards, batch.group_ids, batch.lengths)
+    batch.advantages = ADVANTAGES[name](x, AdvantageConfig(positive_weight=0.1)).float()
+    obj = ClippedPolicyGradient()
+    keep = obj.rows_with_gradient(batch) if name != "weighted_pn" else torch.ones(4, dtype=torch.bool)
+    batch.loss_weights = AGGREGATIONS["token_mean"](batch.completion_mask * keep.unsqueeze(-1), 0.0)
+    token_loss, _ = obj.token_loss(torch.full((4, 3), -1.0), batch)
+    assert (token_loss * batch.loss_weights).sum().item() == pytest.approx(want, abs=1e-6)

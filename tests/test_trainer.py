@@ -102,3 +102,9 @@ def test_every_surrogate_trains(tmp_path):
                                      f"objective.surrogate={name}", "train.updates_per_batch=2"]))
         rows = [m for m in _metrics(r.run_dir) if "loss/total" in m]
         assert len(rows) == 2 and all(abs(m["loss/total"]) < 1e3 for m in rows)
+
+
+def test_normalise_over_kept_rows_trains(tmp_path):
+    r = train(load_config(None, [*TINY, f"log.run_dir={tmp_path}", "train.steps=2", "advantage.name=nsr",
+                                 "train.normalise_over=kept_rows", "objective.aggregation=token_mean"]))
+    assert len([m for m in _metrics(r.run_dir) if "loss/total" in m]) == 2

@@ -90,6 +90,18 @@ def weighted_pn(x: AdvantageInputs, c: AdvantageConfig) -> torch.Tensor:
     return torch.where(right, torch.full_like(x.rewards, c.positive_weight), -torch.ones_like(x.rewards)).double()
 
 
+def psr(x: AdvantageInputs, c: AdvantageConfig) -> torch.Tensor:
+    """Positive-sample reinforcement (Zhu et al. 2025): A = +1 on correct responses, wrong ones left out (A = 0).
+    The paper trains on the correct subset only: use ``train.normalise_over=kept_rows`` for its normaliser."""
+    return x.is_correct.double()
+
+
+def nsr(x: AdvantageInputs, c: AdvantageConfig) -> torch.Tensor:
+    """Negative-sample reinforcement (Zhu et al. 2025): A = -1 on wrong responses, correct ones left out (A = 0).
+    The paper trains on the wrong subset only: use ``train.normalise_over=kept_rows`` for its normaliser."""
+    return -(~x.is_correct).double()
+
+
 def ace(x: AdvantageInputs, c: AdvantageConfig) -> torch.Tensor:
     """ACE (Xu et al. 2026, arXiv 2602.21420) on GRPO advantages: a wrong response's negative advantage is scaled
     by 1 + alpha * softplus(c_i), c_i = log pi_old(y) - log pi_ref(y), so confident errors are pushed down harder.
@@ -109,6 +121,8 @@ ADVANTAGES: dict[str, Callable[[AdvantageInputs, AdvantageConfig], torch.Tensor]
     "group_mean_batch_whiten": group_mean_batch_whiten,
     "group_mean_batch_std": group_mean_batch_std,
     "weighted_pn": weighted_pn,
+    "psr": psr,
+    "nsr": nsr,
     "ace": ace,
 }
 

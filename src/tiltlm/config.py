@@ -124,6 +124,10 @@ class TrainConfig:
     skip_zero_gradient_rows: bool = f(
         True, "leave rows whose loss gradient is exactly zero (e.g. all-equal groups at beta=0) out of the backward"
     )
+    normalise_over: str = f(
+        "all_rows", "loss normaliser: all_rows (exact, skipping changes nothing) | kept_rows (rows with a gradient only: "
+        "DAPO dynamic sampling, PSR/NSR subsets)"
+    )
     time_budget_s: float = f(0.0, "stop after this many seconds of training (0 = no limit)")
     seed: int = f(0, "seed for prompts, sampling and init")
 

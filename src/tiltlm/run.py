@@ -58,6 +58,8 @@ def _check_positive(cfg: Config) -> None:
         raise TiltError(f"config key 'objective.beta' must be >= 0, got {cfg.objective.beta}")
     from tiltlm.shaping import SHAPINGS
 
+    if cfg.train.normalise_over not in ("all_rows", "kept_rows"):
+        raise TiltError(f"unknown train.normalise_over '{cfg.train.normalise_over}' (valid: all_rows, kept_rows)")
     for name in cfg.shaping.names:
         pick(SHAPINGS, name, "shaping.names entry")
     if cfg.shaping.laser_mode not in ("reward", "penalty", "hybrid"):

@@ -92,6 +92,8 @@ def train(cfg: Config, progress=None) -> TrainResult:
             # 5. the objective's per-sequence signal (reward or pseudo-reward) -> advantages; aggregation weights
             batch.advantages = advantages_for(s.advantage, batch, s.objective.sequence_signal(batch), cfg.advantage)
             weight_mask = batch.completion_mask * batch.finished.unsqueeze(-1) if cfg.shaping.filter_truncated else batch.completion_mask
+            if cfg.train.normalise_over == "kept_rows":  # normalise over the rows that can move the parameters
+                weight_mask = weight_mask * s.objective.rows_with_gradient(batch).unsqueeze(-1)
             batch.loss_weights = s.aggregate(weight_mask, s.aggregation_constant)
             learn = batch
             if s.rehearsal_pool is not None:  # stored samples of pi0 join the batch (DPH-RL), with their own weights

@@ -18,9 +18,14 @@ from collections.abc import Callable
 import torch
 
 
+def _rows(mask: torch.Tensor) -> torch.Tensor:
+    """Number of sequences that carry any loss (rows left out by filtering do not count)."""
+    return (mask.sum(-1) > 0).sum().clamp(min=1)
+
+
 def seq_mean_token_mean(mask: torch.Tensor, constant: float = 0.0) -> torch.Tensor:
     mask = mask.float()
-    return mask / mask.sum(-1, keepdim=True).clamp(min=1) / mask.shape[0]
+    return mask / mask.sum(-1, keepdim=True).clamp(min=1) / _rows(mask)
 
 
 def token_mean(mask: torch.Tensor, constant: float = 0.0) -> torch.Tensor:
@@ -30,14 +35,14 @@ def token_mean(mask: torch.Tensor, constant: float = 0.0) -> torch.Tensor:
 
 def seq_mean_token_sum(mask: torch.Tensor, constant: float = 0.0) -> torch.Tensor:
     mask = mask.float()
-    return mask / mask.shape[0]
+    return mask / _rows(mask)
 
 
 def seq_sum_const(mask: torch.Tensor, constant: float = 0.0) -> torch.Tensor:
     if constant <= 0:
         raise ValueError("seq_sum_const needs a positive constant (e.g. the max generation length)")
     mask = mask.float()
-    return mask / constant / mask.shape[0]
+    return mask / constant / _rows(mask)
 
 
 AGGREGATIONS: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
