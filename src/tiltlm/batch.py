@@ -26,6 +26,7 @@ class RolloutBatch:
     correct: torch.Tensor | None = None  # [B] bool
     advantages: torch.Tensor | None = None  # [B] (sequence-level, broadcast over tokens)
     ref_logprobs: torch.Tensor | None = None  # [B, C] frozen reference / prior, only when the objective needs it
+    teacher_logprobs: torch.Tensor | None = None  # [B, C] teacher, for distillation objectives
     policy_logprobs: torch.Tensor | None = None  # [B, C] current policy, when samples came from another proposal
     loss_weights: torch.Tensor | None = None  # [B, C] aggregation weights, fixed on the full batch
     rehearsal: torch.Tensor | None = None  # [B] bool: stored samples of the initial policy (DPH-RL), not rollouts

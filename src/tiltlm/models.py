@@ -32,6 +32,8 @@ CHARS = [chr(c) for c in range(32, 127)] + ["\n"]
 
 EMBEDDED = "embedded"
 ASSET_DIR = Path(__file__).parent / "assets" / "base"
+# the embedded teacher: the same recipe trained longer (`tiltlm pretrain --steps 1000`), for distillation
+EMBEDDED_MODELS = {EMBEDDED: ASSET_DIR, "embedded-teacher": Path(__file__).parent / "assets" / "teacher"}
 
 
 def build_char_tokenizer() -> PreTrainedTokenizerFast:
@@ -72,10 +74,11 @@ def build_tiny_llama(
 
 def resolve_model_path(path: str) -> Path:
     """``embedded`` -> the shipped base; otherwise a local directory that must hold a config and safetensors."""
-    if path == EMBEDDED:
-        if not (ASSET_DIR / "model.safetensors").exists():
-            raise TiltError(f"embedded base model missing at {ASSET_DIR}; rebuild it with `tiltlm pretrain`")
-        return ASSET_DIR
+    if path in EMBEDDED_MODELS:
+        folder = EMBEDDED_MODELS[path]
+        if not (folder / "model.safetensors").exists():
+            raise TiltError(f"embedded model '{path}' missing at {folder}; rebuild it with `tiltlm pretrain`")
+        return folder
     p = Path(path)
     if not p.is_dir():
         raise TiltError(f"model path not found: {path} (expected a local Hugging Face model directory or 'embedded')")

@@ -89,6 +89,7 @@ class Setup:
     rehearsal_pool: Any = None  # RolloutBatch of pi0's stored samples, for objectives that ask for it
     proposal: torch.nn.Module | None = None  # frozen sampling policy q != pi_theta (KL-adaptive DPG)
     needs: set = dataclasses.field(default_factory=set)  # extra log-probs for the objective and the advantage
+    teacher: torch.nn.Module | None = None  # frozen teacher for distillation objectives
 
     @property
     def params(self) -> list[torch.nn.Parameter]:
@@ -150,6 +151,12 @@ def prepare(cfg: Config) -> Setup:
     if "ref" in needs:
         reference, _ = load_model_and_tokenizer(cfg.model.path, dtype)
         reference.to(device).eval().requires_grad_(False)
+    teacher = None
+    if "teacher" in needs:
+        teacher, teacher_tok = load_model_and_tokenizer(cfg.objective.teacher, dtype)
+        if teacher_tok.get_vocab() != tokenizer.get_vocab():
+            raise TiltError(f"objective.teacher '{cfg.objective.teacher}' has a different tokenizer than the student")
+        teacher.to(device).eval().requires_grad_(False)
     constant = cfg.objective.aggregation_constant or float(cfg.rollout.max_new_tokens)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay
@@ -161,7 +168,7 @@ def prepare(cfg: Config) -> Setup:
         proposal = copy.deepcopy(model).eval().requires_grad_(False)
     engine = engine_cls(proposal or model, tokenizer.eos_token_id, tokenizer.pad_token_id)
     s = Setup(cfg, task, model, tokenizer, reference, engine, objective, advantage, aggregate, constant,
-              optimizer, scheduler, device, proposal=proposal, needs=needs)
+              optimizer, scheduler, device, proposal=proposal, needs=needs, teacher=teacher)
     if getattr(objective, "needs_rehearsal", False):
         s.rehearsal_pool = build_rehearsal_pool(s)
     target = getattr(objective, "target", None)

@@ -87,6 +87,8 @@ def train(cfg: Config, progress=None) -> TrainResult:
             # 4. attach the log-probs the objective needs (never computed otherwise)
             if "ref" in s.needs:
                 batch.ref_logprobs = s.logprobs_without_grad(s.reference, batch)
+            if "teacher" in s.needs:
+                batch.teacher_logprobs = s.logprobs_without_grad(s.teacher, batch)
             if s.proposal is not None:  # samples came from a frozen proposal q: pi_theta's own log-probs too
                 batch.policy_logprobs = s.logprobs_without_grad(s.model, batch)
             # 5. the objective's per-sequence signal (reward or pseudo-reward) -> advantages; aggregation weights

@@ -19,6 +19,7 @@ from tiltlm.batch import RolloutBatch
 from tiltlm.config import ObjectiveConfig
 from tiltlm.errors import TiltError
 from tiltlm.objectives.aggregation import AGGREGATIONS
+from tiltlm.objectives.distill import OnPolicyDistillation
 from tiltlm.objectives.dph import GENERATORS, DivergencePreservingHybrid
 from tiltlm.objectives.fdpg import F_DIVERGENCES, FDivergence
 from tiltlm.objectives.kl import KL_ESTIMATORS
@@ -88,6 +89,12 @@ def _dph(c: ObjectiveConfig) -> Objective:
                                       rehearsal_rows=c.rehearsal_rows)
 
 
+def _opd(c: ObjectiveConfig) -> Objective:
+    if c.distill_lambda <= 0:
+        raise TiltError(f"objective.distill_lambda must be > 0, got {c.distill_lambda}")
+    return OnPolicyDistillation(c.distill_lambda, c.distill_reward_coef, c.clip_low, c.clip_high, c.surrogate)
+
+
 def _fdpg(divergence: str | None) -> Callable[[ObjectiveConfig], Objective]:
     def build(c: ObjectiveConfig) -> Objective:
         div = divergence or c.divergence
@@ -106,6 +113,8 @@ OBJECTIVES: dict[str, tuple[Callable[[ObjectiveConfig], Objective], str]] = {
     "dpg": (_fdpg("fkl"), "forward KL(p || pi) by distribution matching (Parshakova et al. 2019; Khalifa et al. 2021)"),
     "fdpg": (_fdpg(None), "f-divergence D_f(pi || p): fkl | rkl | js | tv | alpha (Go et al. 2023)"),
     "dph": (_dph, "GRPO + f-divergence to pi0 on its stored samples (Li et al. 2025, DPH-RL)"),
+    "opd": (_opd, "on-policy distillation, per-token reverse KL to a teacher as dense reward; lambda > 1 = ExOPD "
+                  "(Agarwal et al. 2024; Yang et al. 2026, G-OPD)"),
     "rapo": (_rapo, "GRPO + forward-KL penalty to pi_ref exp(r/alpha), reconstruction (Deng et al. 2025, RAPO)"),
 }
 
