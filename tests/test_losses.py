@@ -211,3 +211,20 @@ def test_w_reinforce_psr_nsr_loss_golden(name, want):
     batch.loss_weights = AGGREGATIONS["token_mean"](batch.completion_mask * keep.unsqueeze(-1), 0.0)
     token_loss, _ = obj.token_loss(torch.full((4, 3), -1.0), batch)
     assert (token_loss * batch.loss_weights).sum().item() == pytest.approx(want, abs=1e-6)
+
+
+def test_entropy_bonus_golden():
+    # p = [.5, .3, .2]: H = 1.029653; the term -coef * H has logit gradient coef * p_k (log p_k + H)
+    # = 0.01 * [0.168252, -0.052296, -0.115956]
+    logits = torch.tensor([0.5, 0.3, 0.2]).log().requires_grad_(True)
+    lsm = torch.log_softmax(logits, -1)
+    ent = -(lsm.exp() * lsm).sum().view(1, 1)
+    batch = fixture_batch()
+    batch.advantages = torch.zeros(4)
+    batch.entropy = ent.expand(4, 3)
+    obj = ClippedPolicyGradient(entropy_coef=0.01)
+    assert obj.needs_entropy and obj.rows_with_gradient(batch).all()
+    token_loss, stats = obj.token_loss(torch.full((4, 3), -1.0), batch)
+    assert token_loss[0, 0].item() == pytest.approx(-0.01 * 1.029653, abs=1e-6)
+    token_loss[0, 0].backward()
+    assert logits.grad.tolist() == pytest.approx([0.00168252, -0.00052296, -0.00115956], abs=1e-7)

@@ -19,3 +19,10 @@ def test_pretrain_is_deterministic(tmp_path):
 def test_shipped_base_records_its_recipe():
     recipe = json.loads((ASSET_DIR / "pretrain.json").read_text())
     assert recipe == {"recipe": "tiltlm pretrain", **PretrainConfig().__dict__}, "defaults must rebuild the shipped base"
+
+
+def test_shipped_teacher_is_the_same_recipe_trained_longer():
+    from tiltlm.models import EMBEDDED_MODELS
+
+    recipe = json.loads((EMBEDDED_MODELS["embedded-teacher"] / "pretrain.json").read_text())
+    assert recipe == {"recipe": "tiltlm pretrain", **{**PretrainConfig().__dict__, "steps": 1000}}

@@ -29,6 +29,7 @@ class RolloutBatch:
     teacher_logprobs: torch.Tensor | None = None  # [B, C] teacher, for distillation objectives
     policy_logprobs: torch.Tensor | None = None  # [B, C] current policy, when samples came from another proposal
     loss_weights: torch.Tensor | None = None  # [B, C] aggregation weights, fixed on the full batch
+    entropy: torch.Tensor | None = None  # [B, C] current-policy entropies, set per micro-batch during the update
     rehearsal: torch.Tensor | None = None  # [B] bool: stored samples of the initial policy (DPH-RL), not rollouts
 
     @property

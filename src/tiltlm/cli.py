@@ -105,7 +105,7 @@ def cmd_pretrain(ns: argparse.Namespace) -> int:
 
     cfg = PretrainConfig(steps=ns.steps, seed=ns.seed, threads=ns.threads)
     pretrain(cfg, ns.out)
-    print(f"saved base model to {ns.out}")
+    print(f"saved model to {ns.out}")
     return 0
 
 

@@ -65,6 +65,7 @@ class ObjectiveConfig:
     clip_low: float = f(0.2, "PPO clip: ratio lower bound is 1 - clip_low")
     clip_high: float = f(0.2, "PPO clip: ratio upper bound is 1 + clip_high (DAPO clip-higher uses 0.28)")
     surrogate: str = f("ppo", "pg objectives: how the ratio enters the loss: ppo | dual_clip | gspo | cispo")
+    entropy_coef: float = f(0.0, "pg objectives: entropy bonus, loss -= coef * H(pi(.|s_t)) per token")
     dual_clip_c: float = f(3.0, "dual_clip: for A < 0 the token loss is capped at -A * c")
     kl_estimator: str = f("k3", "per-token KL estimator: k1 | k2 | k3")
     kl_placement: str = f("loss", "where the KL goes: loss (GRPO) | reward (KL-regularised RL, use k1)")

@@ -44,9 +44,14 @@ class TabularPolicy(torch.nn.Module):
             code = code * self.V + seqs[:, t]
         return idx
 
-    def token_logprobs(self, seqs: torch.Tensor) -> torch.Tensor:
+    def token_logprobs(self, seqs: torch.Tensor, with_entropy: bool | None = None):
+        """[B, L] log-probs; with ``with_entropy`` given, a tuple (log-probs, entropies or None) as ``update`` wants."""
         lsm = torch.log_softmax(self.logits, -1)
-        return lsm[self.prefix_index(seqs), seqs]
+        rows = lsm[self.prefix_index(seqs)]
+        logp = rows.gather(-1, seqs.unsqueeze(-1)).squeeze(-1)
+        if with_entropy is None:
+            return logp
+        return logp, (-(rows.exp() * rows).sum(-1) if with_entropy else None)
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -213,7 +218,7 @@ class Testbed:
                 rehearsal.rehearsal = torch.ones(rehearsal.size, dtype=torch.bool)
                 rehearsal.loss_weights = obj.rehearsal_weights(rehearsal.completion_mask)
                 batch = RolloutBatch.concat(batch, rehearsal, pad_id=0)
-            update(lambda mb: policy.token_logprobs(mb.completion_ids), batch, obj, opt, sched,
+            update(lambda mb, with_entropy: policy.token_logprobs(mb.completion_ids, with_entropy), batch, obj, opt, sched,
                    list(policy.parameters()), micro_batch_size=samples_per_step, grad_clip=0.0)
             if step % measure_every == 0 or step == steps:
                 curve.append({"samples": step * samples_per_step, "proposal_swaps": swaps, **self.measure(policy, exact)})

@@ -57,10 +57,9 @@ def train(cfg: Config, progress=None) -> TrainResult:
     base_eval = run.evaluate(s, step=0) if cfg.eval.prompts > 0 and run.eval_at_start else None
     history, t_start, step = [], time.perf_counter(), 0
 
-    def policy_logprobs(mb: RolloutBatch) -> torch.Tensor:
-        logp, _ = sequence_logprobs(s.model, mb.prompt_ids, mb.prompt_mask, mb.completion_ids, mb.completion_mask,
-                                    cfg.rollout.temperature)
-        return logp
+    def policy_logprobs(mb: RolloutBatch, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return sequence_logprobs(s.model, mb.prompt_ids, mb.prompt_mask, mb.completion_ids, mb.completion_mask,
+                                 cfg.rollout.temperature, with_entropy)
 
     with run.progress(progress) as bar:
         for step in range(1, cfg.train.steps + 1):
@@ -151,7 +150,7 @@ def rehearsal_rows(s: Setup, rng: random.Random) -> RolloutBatch:
 
 
 def update(
-    logprob_fn: Callable[[RolloutBatch], torch.Tensor],
+    logprob_fn: Callable[[RolloutBatch, bool], tuple[torch.Tensor, torch.Tensor | None]],
     batch: RolloutBatch,
     objective,
     optimizer: torch.optim.Optimizer,
@@ -162,15 +161,17 @@ def update(
 ) -> dict:
     """One optimizer step on ``batch``: accumulate sum(w * token_loss) over micro-batches, clip, step.
 
-    ``logprob_fn(micro_batch) -> [b, C]`` current-policy token log-probs (with grad): a transformer here, a table on
-    the exact test bed -- the rest of the step is shared.
+    ``logprob_fn(micro_batch, with_entropy) -> ([b, C] log-probs, [b, C] entropies or None)`` of the current policy
+    (with grad): a transformer here, a table on the exact test bed -- the rest of the step is shared. Entropies are
+    computed only for objectives that set ``needs_entropy``.
     """
     optimizer.zero_grad(set_to_none=False)  # zero (not None) grads: an empty batch still steps as a zero gradient
     sums: dict[str, float] = {}
     tokens = max(1, int(batch.completion_mask.sum()))
     total_loss = 0.0
     for mb in batch.micro_batches(micro_batch_size) if batch.size else []:
-        token_loss, stats = objective.token_loss(logprob_fn(mb), mb)
+        logp, mb.entropy = logprob_fn(mb, getattr(objective, "needs_entropy", False))
+        token_loss, stats = objective.token_loss(logp, mb)
         loss = (token_loss * mb.loss_weights).sum()
         loss.backward()
         total_loss += loss.item()

@@ -62,7 +62,7 @@ def _pg_kwargs(c: ObjectiveConfig) -> dict:
         raise TiltError(f"unknown objective.surrogate '{c.surrogate}' (valid: {', '.join(SURROGATES)})")
     return dict(clip_low=c.clip_low, clip_high=c.clip_high, beta=c.beta, kl_estimator=c.kl_estimator,
                 kl_placement=c.kl_placement, kl_correction=c.kl_correction, surrogate=c.surrogate,
-                dual_clip_c=c.dual_clip_c)
+                dual_clip_c=c.dual_clip_c, entropy_coef=c.entropy_coef)
 
 
 def _grpo(c: ObjectiveConfig) -> Objective:

@@ -50,6 +50,7 @@ class ClippedPolicyGradient:
     forward_kl: FDivergence | None = None  # RAPO-style forward-KL penalty toward pi_ref exp(r / alpha)
     forward_kl_coef: float = 0.0
     surrogate: str = "ppo"  # how the ratio enters the loss: ppo | dual_clip | gspo | cispo (surrogates.py)
+    entropy_coef: float = 0.0  # entropy bonus: loss -= coef * H_t (Williams & Peng 1991; Mnih et al. 2016)
     dual_clip_c: float = 3.0
 
     @property
@@ -65,9 +66,13 @@ class ClippedPolicyGradient:
             signal = signal + self.forward_kl_coef * self.forward_kl.sequence_signal(batch)  # + lambda * w~
         return signal
 
+    @property
+    def needs_entropy(self) -> bool:
+        return self.entropy_coef > 0
+
     def rows_with_gradient(self, batch: RolloutBatch) -> torch.Tensor:
-        """A row with zero advantage and no KL loss term contributes exactly zero gradient."""
-        if self.beta > 0 and self.kl_placement == "loss":
+        """A row with zero advantage and no KL / entropy term contributes exactly zero gradient."""
+        if (self.beta > 0 and self.kl_placement == "loss") or self.entropy_coef > 0:
             return torch.ones(batch.size, dtype=torch.bool)  # the KL term has a gradient on every row
         return batch.advantages != 0
 
@@ -83,4 +88,7 @@ class ClippedPolicyGradient:
             stats[f"kl/ref_{self.kl_estimator}"] = kl.detach()
             if self.kl_placement == "loss":
                 loss = loss + self.beta * (kl * ratio if self.kl_correction else kl)
+        if self.entropy_coef > 0:
+            loss = loss - self.entropy_coef * batch.entropy
+            stats["loss/entropy"] = batch.entropy.detach()
         return loss, stats
