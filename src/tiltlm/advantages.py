@@ -84,8 +84,9 @@ def group_mean_batch_std(x: AdvantageInputs, c: AdvantageConfig) -> torch.Tensor
 
 
 def weighted_pn(x: AdvantageInputs, c: AdvantageConfig) -> torch.Tensor:
-    """W-REINFORCE (Zhu et al. 2025, "The Surprising Effectiveness of Negative Reinforcement"): A = +lambda for a
-    correct response, -1 for a wrong one; no baseline. lambda = advantage.positive_weight (paper: 0.1)."""
+    """W-REINFORCE (Zhu et al. 2025, negative reinforcement): A = +lambda if correct, -1 if wrong, no baseline.
+
+    lambda = advantage.positive_weight (paper: 0.1)."""
     right = x.is_correct
     return torch.where(right, torch.full_like(x.rewards, c.positive_weight), -torch.ones_like(x.rewards)).double()
 
@@ -103,9 +104,10 @@ def nsr(x: AdvantageInputs, c: AdvantageConfig) -> torch.Tensor:
 
 
 def ace(x: AdvantageInputs, c: AdvantageConfig) -> torch.Tensor:
-    """ACE (Xu et al. 2026, arXiv 2602.21420) on GRPO advantages: a wrong response's negative advantage is scaled
-    by 1 + alpha * softplus(c_i), c_i = log pi_old(y) - log pi_ref(y), so confident errors are pushed down harder.
-    Reconstruction: the paper's exact form was not readable (spec rlvr.md section 3); alpha = advantage.ace_alpha."""
+    """ACE (Xu et al. 2026, arXiv 2602.21420): GRPO, wrong answers scaled by 1 + alpha softplus(log pi_old/pi_ref).
+
+    Confident errors (the policy likes them more than the reference did) are pushed down harder. Reconstruction:
+    the paper's exact form was not readable (spec rlvr.md section 3); alpha = advantage.ace_alpha."""
     base = group_zscore(x, c)
     if x.confidence is None:
         raise ValueError("ace needs reference log-probs (confidence = log pi_old(y) - log pi_ref(y))")

@@ -159,7 +159,8 @@ def cmd_eval(ns: argparse.Namespace) -> int:
 
 def cmd_algorithms(ns: argparse.Namespace) -> int:
     from tiltlm.advantages import ADVANTAGES
-    from tiltlm.objectives import AGGREGATIONS, KL_ESTIMATORS, OBJECTIVES
+    from tiltlm.objectives import AGGREGATIONS, KL_ESTIMATORS, OBJECTIVES, SURROGATES
+    from tiltlm.shaping import SHAPINGS
 
     print("objectives (objective.name):")
     for name, (_, desc) in OBJECTIVES.items():
@@ -167,7 +168,9 @@ def cmd_algorithms(ns: argparse.Namespace) -> int:
     print("advantages (advantage.name):")
     for name, fn in ADVANTAGES.items():
         print(f"  {name:20s} {(fn.__doc__ or '').strip().splitlines()[0]}")
+    print(f"surrogates (objective.surrogate): {', '.join(SURROGATES)}")
     print(f"aggregations (objective.aggregation): {', '.join(AGGREGATIONS)}")
+    print(f"reward shaping (shaping.names): {', '.join(SHAPINGS)}")
     print(f"KL estimators (objective.kl_estimator): {', '.join(KL_ESTIMATORS)}")
     return 0
 
