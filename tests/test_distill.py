@@ -58,3 +58,15 @@ def test_reward_mix_adds_the_group_advantage():
     b = _batch([0], [math.log(0.5)], [math.log(0.5)])
     b.advantages = torch.tensor([0.8])
     assert OnPolicyDistillation(reward_coef=0.5).token_advantages(b).item() == pytest.approx(0.4)
+
+
+def test_teacher_sft_loss_is_token_nll_and_samples_come_from_the_teacher(tmp_path):
+    from tiltlm.config import load_config
+    from tiltlm.objectives import TeacherSFT
+    from tiltlm.run import prepare
+
+    b = _batch([0, 1], [math.log(0.5), math.log(0.25)], [0.0, 0.0])
+    loss, _ = TeacherSFT().token_loss(torch.tensor([[math.log(0.5)], [math.log(0.25)]]), b)
+    assert loss.view(-1).tolist() == pytest.approx([math.log(2), math.log(4)])
+    s = prepare(load_config(None, [f"log.run_dir={tmp_path}", "objective.name=sft_teacher"]))
+    assert s.engine.model is s.teacher and s.teacher is not None

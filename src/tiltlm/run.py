@@ -152,7 +152,7 @@ def prepare(cfg: Config) -> Setup:
         reference, _ = load_model_and_tokenizer(cfg.model.path, dtype)
         reference.to(device).eval().requires_grad_(False)
     teacher = None
-    if "teacher" in needs:
+    if "teacher" in needs or getattr(objective, "sample_from", "policy") == "teacher":
         teacher, teacher_tok = load_model_and_tokenizer(cfg.objective.teacher, dtype)
         if teacher_tok.get_vocab() != tokenizer.get_vocab():
             raise TiltError(f"objective.teacher '{cfg.objective.teacher}' has a different tokenizer than the student")
@@ -166,6 +166,8 @@ def prepare(cfg: Config) -> Setup:
     proposal = None
     if getattr(objective, "proposal_every", 0) > 0:  # KL-adaptive DPG samples from q, initially pi0
         proposal = copy.deepcopy(model).eval().requires_grad_(False)
+    if getattr(objective, "sample_from", "policy") == "teacher":
+        proposal = teacher  # off-policy: rollouts come from the teacher and are never swapped
     engine = engine_cls(proposal or model, tokenizer.eos_token_id, tokenizer.pad_token_id)
     s = Setup(cfg, task, model, tokenizer, reference, engine, objective, advantage, aggregate, constant,
               optimizer, scheduler, device, proposal=proposal, needs=needs, teacher=teacher)

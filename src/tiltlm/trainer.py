@@ -88,7 +88,8 @@ def train(cfg: Config, progress=None) -> TrainResult:
                 batch.ref_logprobs = s.logprobs_without_grad(s.reference, batch)
             if "teacher" in s.needs:
                 batch.teacher_logprobs = s.logprobs_without_grad(s.teacher, batch)
-            if s.proposal is not None:  # samples came from a frozen proposal q: pi_theta's own log-probs too
+            adaptive = s.proposal is not None and getattr(s.objective, "proposal_every", 0) > 0
+            if adaptive:  # samples came from a frozen proposal q: pi_theta's own log-probs too
                 batch.policy_logprobs = s.logprobs_without_grad(s.model, batch)
             # 5. the objective's per-sequence signal (reward or pseudo-reward) -> advantages; aggregation weights
             batch.advantages = advantages_for(s.advantage, batch, s.objective.sequence_signal(batch), cfg.advantage)
@@ -108,7 +109,7 @@ def train(cfg: Config, progress=None) -> TrainResult:
                                       cfg.train.micro_batch_size, cfg.optim.grad_clip)
             t_end = time.perf_counter()
             # 7. swap the proposal (KL-adaptive DPG), log, evaluate, checkpoint
-            swapped = s.proposal is not None and step % s.objective.proposal_every == 0 and s.objective.policy_is_closer(batch)
+            swapped = adaptive and step % s.objective.proposal_every == 0 and s.objective.policy_is_closer(batch)
             if swapped:
                 s.proposal.load_state_dict(s.model.state_dict())
             metrics = {

@@ -19,7 +19,7 @@ from tiltlm.batch import RolloutBatch
 from tiltlm.config import ObjectiveConfig
 from tiltlm.errors import TiltError
 from tiltlm.objectives.aggregation import AGGREGATIONS
-from tiltlm.objectives.distill import OnPolicyDistillation
+from tiltlm.objectives.distill import OnPolicyDistillation, TeacherSFT
 from tiltlm.objectives.dph import GENERATORS, DivergencePreservingHybrid
 from tiltlm.objectives.fdpg import F_DIVERGENCES, FDivergence
 from tiltlm.objectives.kl import KL_ESTIMATORS
@@ -115,8 +115,10 @@ OBJECTIVES: dict[str, tuple[Callable[[ObjectiveConfig], Objective], str]] = {
     "dph": (_dph, "GRPO + f-divergence to pi0 on its stored samples (Li et al. 2025, DPH-RL)"),
     "opd": (_opd, "on-policy distillation, per-token reverse KL to a teacher as dense reward; lambda > 1 = ExOPD "
                   "(Agarwal et al. 2024; Yang et al. 2026, G-OPD)"),
+    "sft_teacher": (lambda c: TeacherSFT(), "SFT on the teacher's own samples: the off-policy distillation baseline "
+                                            "(Kim & Rush 2016, sequence-level KD)"),
     "rapo": (_rapo, "GRPO + forward-KL penalty to pi_ref exp(r/alpha), reconstruction (Deng et al. 2025, RAPO)"),
 }
 
-__all__ = ["GENERATORS", "SURROGATES", "AGGREGATIONS", "KL_ESTIMATORS", "OBJECTIVES", "ClippedPolicyGradient", "FDivergence", "Objective",
+__all__ = ["TeacherSFT", "GENERATORS", "SURROGATES", "AGGREGATIONS", "KL_ESTIMATORS", "OBJECTIVES", "ClippedPolicyGradient", "FDivergence", "Objective",
            "build_target"]

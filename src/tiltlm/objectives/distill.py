@@ -59,3 +59,24 @@ class OnPolicyDistillation:
         )
         reverse_kl = (batch.sample_logprobs - batch.teacher_logprobs).detach()  # k1 estimate of KL(student || teacher)
         return loss, {"loss/clip_frac": clipped.float(), "kl/teacher_k1": reverse_kl}
+
+
+@dataclass
+class TeacherSFT:
+    """Off-policy baseline for distillation: supervised fine-tuning on the *teacher's* samples (sequence-level KD,
+    Kim & Rush 2016): loss = -log pi_theta(y_t | s_t), token mean, y ~ teacher. The trainer samples from the teacher
+    (``sample_from = "teacher"``); the task reward is only logged."""
+
+    needs: set = field(default_factory=set)
+    sample_from: str = "teacher"
+    default_advantage: str = "group_mean"
+    default_aggregation: str = "token_mean"
+
+    def sequence_signal(self, batch: RolloutBatch) -> torch.Tensor:
+        return batch.rewards
+
+    def rows_with_gradient(self, batch: RolloutBatch) -> torch.Tensor:
+        return torch.ones(batch.size, dtype=torch.bool)
+
+    def token_loss(self, logp: torch.Tensor, batch: RolloutBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return -logp, {"loss/nll": -logp.detach()}
