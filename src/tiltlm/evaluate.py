@@ -6,6 +6,7 @@ correct, pass@k = 1 - C(n-c, k)/C(n, k), computed in the stable product form 1 -
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -105,3 +106,27 @@ def evaluate(
         greedy_accuracy=float(np.mean(greedy_hits)) if greedy else None,
         per_prompt_correct=correct_counts,
     )
+
+
+@torch.no_grad()
+def kl_to_reference(
+    model, reference, tokenizer, examples: list[Example], samples: int, max_new_tokens: int, seed: int = 0,
+    batch_prompts: int = 64,
+) -> tuple[float, float, float]:
+    """Monte-Carlo sequence-level KL(pi_theta || pi_ref) = E_{y~pi_theta}[log pi_theta(y) - log pi_ref(y)] at T = 1,
+    with its standard error, and the mean per-token entropy of pi_theta: (kl, stderr, entropy)."""
+    from tiltlm.logprobs import sequence_logprobs
+
+    engine = HFEngine(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    diffs, ent_sum, tokens = [], 0.0, 0
+    for i in range(0, len(examples), batch_prompts):
+        ids = [tokenizer(e.prompt)["input_ids"] for e in examples[i : i + batch_prompts]]
+        out = engine.generate(ids, samples, max_new_tokens, 1.0, gen)
+        ref_lp, _ = sequence_logprobs(reference, out.prompt_ids, out.prompt_mask, out.completion_ids, out.completion_mask)
+        m = out.completion_mask
+        diffs.append(((out.sample_logprobs - ref_lp) * m).sum(-1).double())
+        ent_sum += float((out.entropy * m).sum())
+        tokens += int(m.sum())
+    d = torch.cat(diffs)
+    return float(d.mean()), float(d.std() / math.sqrt(d.numel())), ent_sum / max(1, tokens)
