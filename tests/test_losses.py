@@ -223,7 +223,7 @@ def test_entropy_bonus_golden():
     batch.advantages = torch.zeros(4)
     batch.entropy = ent.expand(4, 3)
     obj = ClippedPolicyGradient(entropy_coef=0.01)
-    assert obj.needs_entropy and obj.rows_with_gradient(batch).all()
+    assert obj.token_stats == {"entropy"} and obj.rows_with_gradient(batch).all()
     token_loss, stats = obj.token_loss(torch.full((4, 3), -1.0), batch)
     assert token_loss[0, 0].item() == pytest.approx(-0.01 * 1.029653, abs=1e-6)
     token_loss[0, 0].backward()

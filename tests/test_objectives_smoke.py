@@ -21,6 +21,7 @@ OVERRIDES = {
     "dph": ["objective.rehearsal_prompts=32", "objective.rehearsal_rows=8", "objective.rehearsal_coef=0.05"],
     "opd": ["objective.distill_lambda=1.25"],
     "sft_teacher": [],
+    "rover": [],
     "rapo": ["objective.forward_kl_coef=0.1", "objective.forward_kl_alpha=0.5"],
 }
 

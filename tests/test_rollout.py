@@ -29,9 +29,12 @@ def test_sampling_logprobs_equal_fresh_forward(tiny_model, tokenizer):
         mask = gen.completion_mask.bool()
         assert mask.sum() > len(PROMPTS)  # rows of different lengths, some padding
         with torch.no_grad():
-            logp, ent = sequence_logprobs(
-                tiny_model, gen.prompt_ids, gen.prompt_mask, gen.completion_ids, gen.completion_mask, temperature, True
+            logp, extra = sequence_logprobs(
+                tiny_model, gen.prompt_ids, gen.prompt_mask, gen.completion_ids, gen.completion_mask, temperature,
+                {"entropy", "mean_logsoftmax"},
             )
+        ent = extra["entropy"]
+        assert torch.allclose(extra["mean_logsoftmax"][mask], gen.mean_logsoftmax[mask], atol=1e-5)
         assert torch.allclose(logp[mask], gen.sample_logprobs[mask], atol=1e-5)
         assert torch.allclose(ent[mask], gen.entropy[mask], atol=1e-5)
         assert torch.all(gen.sample_logprobs[~mask] == 0)

@@ -30,6 +30,8 @@ class RolloutBatch:
     policy_logprobs: torch.Tensor | None = None  # [B, C] current policy, when samples came from another proposal
     loss_weights: torch.Tensor | None = None  # [B, C] aggregation weights, fixed on the full batch
     entropy: torch.Tensor | None = None  # [B, C] current-policy entropies, set per micro-batch during the update
+    mean_logsoftmax: torch.Tensor | None = None  # [B, C] current policy's mean log-softmax (ROVER), same
+    sample_mean_logsoftmax: torch.Tensor | None = None  # [B, C] the sampling policy's, recorded at generation
     rehearsal: torch.Tensor | None = None  # [B] bool: stored samples of the initial policy (DPH-RL), not rollouts
 
     @property

@@ -26,20 +26,28 @@ def completion_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     return out.logits[:, :-1]
 
 
+# Per-position statistics of the whole distribution an objective may ask for (``token_stats``).
+TOKEN_STATS = {
+    "entropy": lambda lsm: -(lsm.exp() * lsm).sum(-1),
+    "mean_logsoftmax": lambda lsm: lsm.mean(-1),  # ROVER's uniform-policy value of a state
+}
+
+
 def gather_logprobs(
-    logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0, with_entropy: bool = False, chunk: int = 64
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log softmax(logits / T)[targets] and, optionally, the entropy of each tempered distribution."""
-    logps, ents = [], []
+    logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0, stats: tuple[str, ...] | set = (),
+    chunk: int = 64,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """log softmax(logits / T)[targets], plus the requested ``TOKEN_STATS`` of each tempered distribution."""
+    logps, extra = [], {name: [] for name in stats}
     for i in range(0, logits.shape[0], chunk):
         lg = logits[i : i + chunk].float()
         if temperature != 1.0:
             lg = lg / temperature
         lsm = torch.log_softmax(lg, dim=-1)
         logps.append(lsm.gather(-1, targets[i : i + chunk].unsqueeze(-1)).squeeze(-1))
-        if with_entropy:
-            ents.append(-(lsm.exp() * lsm).sum(-1))
-    return torch.cat(logps), (torch.cat(ents) if with_entropy else None)
+        for name in stats:
+            extra[name].append(TOKEN_STATS[name](lsm))
+    return torch.cat(logps), {name: torch.cat(v) for name, v in extra.items()}
 
 
 def sequence_logprobs(
@@ -49,10 +57,11 @@ def sequence_logprobs(
     completion_ids: torch.Tensor,
     completion_mask: torch.Tensor,
     temperature: float = 1.0,
-    with_entropy: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Per-token log-probs [B, C] of the completion under ``model`` (padding positions are garbage: mask them)."""
+    stats: tuple[str, ...] | set = (),
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-token log-probs [B, C] of the completion under ``model`` (padding positions are garbage: mask them),
+    and any requested per-position ``TOKEN_STATS``."""
     ids = torch.cat([prompt_ids, completion_ids], dim=1)
     mask = torch.cat([prompt_mask, completion_mask], dim=1)
     logits = completion_logits(model, ids, mask, completion_ids.shape[1])
-    return gather_logprobs(logits, completion_ids, temperature, with_entropy)
+    return gather_logprobs(logits, completion_ids, temperature, stats)

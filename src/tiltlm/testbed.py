@@ -21,6 +21,7 @@ import torch
 from tiltlm.advantages import ADVANTAGE_NEEDS, ADVANTAGES, advantages_for
 from tiltlm.batch import RolloutBatch
 from tiltlm.config import AdvantageConfig, ObjectiveConfig
+from tiltlm.logprobs import TOKEN_STATS
 from tiltlm.objectives import AGGREGATIONS, OBJECTIVES
 from tiltlm.target import ConstraintEvidence, MomentEvidence, RewardEvidence, Target
 
@@ -44,14 +45,14 @@ class TabularPolicy(torch.nn.Module):
             code = code * self.V + seqs[:, t]
         return idx
 
-    def token_logprobs(self, seqs: torch.Tensor, with_entropy: bool | None = None):
-        """[B, L] log-probs; with ``with_entropy`` given, a tuple (log-probs, entropies or None) as ``update`` wants."""
+    def token_logprobs(self, seqs: torch.Tensor, stats: set | None = None):
+        """[B, L] log-probs; with ``stats`` given, a tuple (log-probs, {stat: [B, L]}) as ``update`` wants."""
         lsm = torch.log_softmax(self.logits, -1)
         rows = lsm[self.prefix_index(seqs)]
         logp = rows.gather(-1, seqs.unsqueeze(-1)).squeeze(-1)
-        if with_entropy is None:
+        if stats is None:
             return logp
-        return logp, (-(rows.exp() * rows).sum(-1) if with_entropy else None)
+        return logp, {name: TOKEN_STATS[name](rows) for name in stats}
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -218,7 +219,7 @@ class Testbed:
                 rehearsal.rehearsal = torch.ones(rehearsal.size, dtype=torch.bool)
                 rehearsal.loss_weights = obj.rehearsal_weights(rehearsal.completion_mask)
                 batch = RolloutBatch.concat(batch, rehearsal, pad_id=0)
-            update(lambda mb, with_entropy: policy.token_logprobs(mb.completion_ids, with_entropy), batch, obj, opt, sched,
+            update(lambda mb, stats: policy.token_logprobs(mb.completion_ids, stats), batch, obj, opt, sched,
                    list(policy.parameters()), micro_batch_size=samples_per_step, grad_clip=0.0)
             if step % measure_every == 0 or step == steps:
                 curve.append({"samples": step * samples_per_step, "proposal_swaps": swaps, **self.measure(policy, exact)})

@@ -57,9 +57,9 @@ def train(cfg: Config, progress=None) -> TrainResult:
     base_eval = run.evaluate(s, step=0) if cfg.eval.prompts > 0 and run.eval_at_start else None
     history, t_start, step = [], time.perf_counter(), 0
 
-    def policy_logprobs(mb: RolloutBatch, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def policy_logprobs(mb: RolloutBatch, stats: set) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return sequence_logprobs(s.model, mb.prompt_ids, mb.prompt_mask, mb.completion_ids, mb.completion_mask,
-                                 cfg.rollout.temperature, with_entropy)
+                                 cfg.rollout.temperature, stats)
 
     with run.progress(progress) as bar:
         for step in range(1, cfg.train.steps + 1):
@@ -77,6 +77,7 @@ def train(cfg: Config, progress=None) -> TrainResult:
                 prompt_ids=gen.prompt_ids, prompt_mask=gen.prompt_mask,
                 completion_ids=gen.completion_ids, completion_mask=gen.completion_mask,
                 sample_logprobs=gen.sample_logprobs, finished=gen.finished,
+                sample_mean_logsoftmax=gen.mean_logsoftmax,
                 group_ids=torch.arange(P).repeat_interleave(G),
                 rewards=torch.tensor([sc.reward for sc in scores]),
                 correct=torch.tensor([sc.correct for sc in scores]),
@@ -151,7 +152,7 @@ def rehearsal_rows(s: Setup, rng: random.Random) -> RolloutBatch:
 
 
 def update(
-    logprob_fn: Callable[[RolloutBatch, bool], tuple[torch.Tensor, torch.Tensor | None]],
+    logprob_fn: Callable[[RolloutBatch, set], tuple[torch.Tensor, dict[str, torch.Tensor]]],
     batch: RolloutBatch,
     objective,
     optimizer: torch.optim.Optimizer,
@@ -162,16 +163,17 @@ def update(
 ) -> dict:
     """One optimizer step on ``batch``: accumulate sum(w * token_loss) over micro-batches, clip, step.
 
-    ``logprob_fn(micro_batch, with_entropy) -> ([b, C] log-probs, [b, C] entropies or None)`` of the current policy
-    (with grad): a transformer here, a table on the exact test bed -- the rest of the step is shared. Entropies are
-    computed only for objectives that set ``needs_entropy``.
+    ``logprob_fn(micro_batch, stats) -> ([b, C] log-probs, {stat: [b, C]})`` of the current policy (with grad): a
+    transformer here, a table on the exact test bed -- the rest of the step is shared. Whole-distribution statistics
+    (``logprobs.TOKEN_STATS``: entropy, mean log-softmax) are computed only if the objective's ``token_stats`` asks.
     """
     optimizer.zero_grad(set_to_none=False)  # zero (not None) grads: an empty batch still steps as a zero gradient
     sums: dict[str, float] = {}
     tokens = max(1, int(batch.completion_mask.sum()))
     total_loss = 0.0
     for mb in batch.micro_batches(micro_batch_size) if batch.size else []:
-        logp, mb.entropy = logprob_fn(mb, getattr(objective, "needs_entropy", False))
+        logp, extra = logprob_fn(mb, getattr(objective, "token_stats", set()))
+        mb.entropy, mb.mean_logsoftmax = extra.get("entropy"), extra.get("mean_logsoftmax")
         token_loss, stats = objective.token_loss(logp, mb)
         loss = (token_loss * mb.loss_weights).sum()
         loss.backward()

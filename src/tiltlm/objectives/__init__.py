@@ -24,6 +24,7 @@ from tiltlm.objectives.dph import GENERATORS, DivergencePreservingHybrid
 from tiltlm.objectives.fdpg import F_DIVERGENCES, FDivergence
 from tiltlm.objectives.kl import KL_ESTIMATORS
 from tiltlm.objectives.pg import ClippedPolicyGradient
+from tiltlm.objectives.rover import Rover
 from tiltlm.objectives.surrogates import SURROGATES
 from tiltlm.target import ConstraintEvidence, MomentEvidence, RewardEvidence, Target
 
@@ -117,8 +118,10 @@ OBJECTIVES: dict[str, tuple[Callable[[ObjectiveConfig], Objective], str]] = {
                   "(Agarwal et al. 2024; Yang et al. 2026, G-OPD)"),
     "sft_teacher": (lambda c: TeacherSFT(), "SFT on the teacher's own samples: the off-policy distillation baseline "
                                             "(Kim & Rush 2016, sequence-level KD)"),
+    "rover": (lambda c: Rover(), "ROVER: Q from the policy's log-ratio, uniform-policy next-state value, squared "
+                                 "loss (He et al. 2025)"),
     "rapo": (_rapo, "GRPO + forward-KL penalty to pi_ref exp(r/alpha), reconstruction (Deng et al. 2025, RAPO)"),
 }
 
-__all__ = ["TeacherSFT", "GENERATORS", "SURROGATES", "AGGREGATIONS", "KL_ESTIMATORS", "OBJECTIVES", "ClippedPolicyGradient", "FDivergence", "Objective",
+__all__ = ["Rover", "TeacherSFT", "GENERATORS", "SURROGATES", "AGGREGATIONS", "KL_ESTIMATORS", "OBJECTIVES", "ClippedPolicyGradient", "FDivergence", "Objective",
            "build_target"]

@@ -67,8 +67,8 @@ class ClippedPolicyGradient:
         return signal
 
     @property
-    def needs_entropy(self) -> bool:
-        return self.entropy_coef > 0
+    def token_stats(self) -> set[str]:
+        return {"entropy"} if self.entropy_coef > 0 else set()
 
     def rows_with_gradient(self, batch: RolloutBatch) -> torch.Tensor:
         """A row with zero advantage and no KL / entropy term contributes exactly zero gradient."""

@@ -23,6 +23,7 @@ class Generation:
     completion_mask: torch.Tensor  # [B, C]
     sample_logprobs: torch.Tensor  # [B, C]
     entropy: torch.Tensor  # [B, C] entropy of each sampling distribution (free: the softmax is computed anyway)
+    mean_logsoftmax: torch.Tensor  # [B, C] mean over the vocabulary of its log-softmax (ROVER's state value)
     finished: torch.Tensor  # [B] bool
 
 
@@ -55,7 +56,7 @@ class HFEngine:
             use_cache=True, logits_to_keep=1,
         )
         next_pos = mask.sum(-1, keepdim=True)  # position of the first completion token in each row
-        tokens, logps, ents, alive_cols = [], [], [], []
+        tokens, logps, ents, means, alive_cols = [], [], [], [], []
         alive = torch.ones(B, dtype=torch.bool, device=device)
         attn = mask
         for _ in range(max_new_tokens):
@@ -70,6 +71,7 @@ class HFEngine:
             tokens.append(tok)
             logps.append(torch.where(alive, lsm.gather(-1, tok.unsqueeze(-1)).squeeze(-1), torch.zeros_like(lsm[:, 0])))
             ents.append(-(lsm.exp() * lsm).sum(-1) * alive)
+            means.append(lsm.mean(-1) * alive)
             alive_cols.append(alive.clone())
             alive = alive & (tok != self.eos_id)
             if not alive.any():
@@ -91,6 +93,7 @@ class HFEngine:
             completion_mask=completion_mask,
             sample_logprobs=torch.stack(logps, 1),
             entropy=torch.stack(ents, 1),
+            mean_logsoftmax=torch.stack(means, 1),
             finished=~alive,
         )
 
