@@ -120,3 +120,8 @@ def test_entropy_bonus_trains_and_logs(tmp_path):
     curve = Bed(3, 3, "count:0", seed=0).train("grpo", samples=64, samples_per_step=32, lr=1.0, entropy_coef=0.1,
                                                 target_beta=1.0)
     assert len(curve) >= 2
+
+
+def test_periodic_eval_is_off_when_eval_prompts_is_zero(tmp_path):
+    r = train(load_config(None, [*TINY, f"log.run_dir={tmp_path}", "train.steps=3", "eval.every=1"]))
+    assert r.final_eval is None and not any("eval/pass@1" in m for m in _metrics(r.run_dir))

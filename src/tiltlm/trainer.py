@@ -130,7 +130,7 @@ def train(cfg: Config, progress=None) -> TrainResult:
                 "perf/gen_s": t_gen - t0,
                 "perf/tokens_per_s": batch.lengths.sum().item() / (t_end - t0),
             }
-            if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.steps:
+            if cfg.eval.prompts > 0 and cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.steps:
                 metrics.update(run.evaluate(s, step, log=False).as_metrics())  # logged with the step
             run.log(metrics)
             history.append(metrics)
