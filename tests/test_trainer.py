@@ -125,3 +125,21 @@ def test_entropy_bonus_trains_and_logs(tmp_path):
 def test_periodic_eval_is_off_when_eval_prompts_is_zero(tmp_path):
     r = train(load_config(None, [*TINY, f"log.run_dir={tmp_path}", "train.steps=3", "eval.every=1"]))
     assert r.final_eval is None and not any("eval/pass@1" in m for m in _metrics(r.run_dir))
+
+
+def test_informative_groups_golden():
+    from tiltlm.trainer import informative_groups
+
+    # spec rlvr.md 1.3: groups {[1,0,0,1], [1,1,1,1], [0,0,0,0]} -> only group 0 survives
+    rewards = torch.tensor([1.0, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0, 0])
+    groups = torch.arange(3).repeat_interleave(4)
+    assert informative_groups(rewards, groups).tolist() == [True] * 4 + [False] * 8
+
+
+def test_dynamic_sampling_fills_the_batch_with_informative_groups(tmp_path):
+    r = train(load_config(None, [*TINY, f"log.run_dir={tmp_path}", "train.steps=3", "rollout.dynamic_sampling=true",
+                                 "rollout.max_generation_rounds=6"]))
+    rows = [m for m in _metrics(r.run_dir) if "rollout/generation_rounds" in m]
+    assert len(rows) == 3 and any(m["rollout/generation_rounds"] > 1 for m in rows)
+    # every kept group has mixed rewards, so no row is skipped for a zero advantage
+    assert all(m["rollout/rows_trained"] == 32 for m in rows)

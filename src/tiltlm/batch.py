@@ -32,6 +32,7 @@ class RolloutBatch:
     entropy: torch.Tensor | None = None  # [B, C] current-policy entropies, set per micro-batch during the update
     mean_logsoftmax: torch.Tensor | None = None  # [B, C] current policy's mean log-softmax (ROVER), same
     sample_mean_logsoftmax: torch.Tensor | None = None  # [B, C] the sampling policy's, recorded at generation
+    sample_entropy: torch.Tensor | None = None  # [B, C] entropy of each sampling distribution
     rehearsal: torch.Tensor | None = None  # [B] bool: stored samples of the initial policy (DPH-RL), not rollouts
 
     @property

@@ -56,6 +56,8 @@ class RolloutConfig:
     samples_per_prompt: int = f(8, "completions per prompt (the group size G)")
     max_new_tokens: int = f(8, "generation length limit; unfinished completions score 0")
     temperature: float = f(1.0, "sampling temperature (log-probs are of the tempered distribution)")
+    dynamic_sampling: bool = f(False, "DAPO: drop groups whose rewards are all equal and generate more to refill")
+    max_generation_rounds: int = f(4, "dynamic_sampling: at most this many generation rounds per step")
 
 
 @dataclass

@@ -52,7 +52,7 @@ def train(cfg: Config, progress=None) -> TrainResult:
     run = Run.create(cfg, s)
     rng = random.Random(cfg.train.seed)
     sampler_rng = torch.Generator(device=s.device).manual_seed(cfg.train.seed)
-    P, G = cfg.rollout.prompts_per_step, cfg.rollout.samples_per_prompt
+    P = cfg.rollout.prompts_per_step
     shaping = dataclasses.replace(cfg.shaping, overlong_max=cfg.shaping.overlong_max or cfg.rollout.max_new_tokens)
     base_eval = run.evaluate(s, step=0) if cfg.eval.prompts > 0 and run.eval_at_start else None
     history, t_start, step = [], time.perf_counter(), 0
@@ -64,26 +64,12 @@ def train(cfg: Config, progress=None) -> TrainResult:
     with run.progress(progress) as bar:
         for step in range(1, cfg.train.steps + 1):
             t0 = time.perf_counter()
-            # 1. select prompts
-            examples = s.task.sample_train(rng, P)
-            prompt_ids = [s.tokenizer(e.prompt)["input_ids"] for e in examples]
-            # 2. generate G completions per prompt with their sampling log-probs
-            gen = s.engine.generate(prompt_ids, G, cfg.rollout.max_new_tokens, cfg.rollout.temperature, sampler_rng)
+            # 1-3. select prompts, generate G completions each (sampling log-probs recorded), score
+            batch = generate_and_score(s, rng, sampler_rng, P, shaping)
+            rounds = 1
+            if cfg.rollout.dynamic_sampling:  # DAPO: keep only groups with mixed rewards, generate more until P
+                batch, rounds = fill_informative_groups(s, batch, rng, sampler_rng, shaping)
             t_gen = time.perf_counter()
-            # 3. score
-            texts = decode_completions(s.tokenizer, gen.completion_ids, gen.completion_mask)
-            scores = [s.task.score(examples[i // G], text, bool(fin)) for i, (text, fin) in enumerate(zip(texts, gen.finished))]
-            batch = RolloutBatch(
-                prompt_ids=gen.prompt_ids, prompt_mask=gen.prompt_mask,
-                completion_ids=gen.completion_ids, completion_mask=gen.completion_mask,
-                sample_logprobs=gen.sample_logprobs, finished=gen.finished,
-                sample_mean_logsoftmax=gen.mean_logsoftmax,
-                group_ids=torch.arange(P).repeat_interleave(G),
-                rewards=torch.tensor([sc.reward for sc in scores]),
-                correct=torch.tensor([sc.correct for sc in scores]),
-            )
-            if cfg.shaping.names:  # length-based shaping (DAPO overlong, LASER); correctness stays as scored
-                batch.rewards = shape_rewards(batch.rewards, batch.correct, batch.lengths, shaping)
             # 4. attach the log-probs the objective needs (never computed otherwise)
             if "ref" in s.needs:
                 batch.ref_logprobs = s.logprobs_without_grad(s.reference, batch)
@@ -119,7 +105,8 @@ def train(cfg: Config, progress=None) -> TrainResult:
                 "rollout/pass@1": batch.correct.float().mean().item(),
                 "rollout/response_len": batch.lengths.float().mean().item(),
                 "rollout/finished": batch.finished.float().mean().item(),
-                "rollout/entropy": (gen.entropy.sum() / gen.completion_mask.sum()).item(),
+                "rollout/entropy": (batch.sample_entropy.sum() / batch.completion_mask.sum()).item(),
+                "rollout/generation_rounds": rounds,
                 "rollout/rows_trained": int(rows.sum()),
                 "adv/mean": batch.advantages.mean().item(),
                 "adv/abs_mean": batch.advantages.abs().mean().item(),
@@ -127,7 +114,7 @@ def train(cfg: Config, progress=None) -> TrainResult:
                 "optim/lr": s.scheduler.get_last_lr()[0],
                 "select/proposal_swapped": float(swapped),
                 "perf/step_s": t_end - t0,
-                "perf/gen_s": t_gen - t0,
+                "perf/rollout_s": t_gen - t0,  # select + generate + score
                 "perf/tokens_per_s": batch.lengths.sum().item() / (t_end - t0),
             }
             if cfg.eval.prompts > 0 and cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.steps:
@@ -141,6 +128,53 @@ def train(cfg: Config, progress=None) -> TrainResult:
     final_eval = run.evaluate(s, step) if cfg.eval.prompts > 0 else None
     run.save_final(s)
     return TrainResult(str(run.dir), step, base_eval, final_eval, history, train_seconds)
+
+
+def generate_and_score(s: Setup, rng: random.Random, sampler_rng: torch.Generator, n_prompts: int, shaping,
+                       first_group: int = 0) -> RolloutBatch:
+    """Steps 1-3 for ``n_prompts`` prompts: select, generate G completions each, score (and shape) them."""
+    cfg, G = s.cfg, s.cfg.rollout.samples_per_prompt
+    examples = s.task.sample_train(rng, n_prompts)
+    prompt_ids = [s.tokenizer(e.prompt)["input_ids"] for e in examples]
+    gen = s.engine.generate(prompt_ids, G, cfg.rollout.max_new_tokens, cfg.rollout.temperature, sampler_rng)
+    texts = decode_completions(s.tokenizer, gen.completion_ids, gen.completion_mask)
+    scores = [s.task.score(examples[i // G], text, bool(fin)) for i, (text, fin) in enumerate(zip(texts, gen.finished))]
+    batch = RolloutBatch(
+        prompt_ids=gen.prompt_ids, prompt_mask=gen.prompt_mask,
+        completion_ids=gen.completion_ids, completion_mask=gen.completion_mask,
+        sample_logprobs=gen.sample_logprobs, finished=gen.finished,
+        sample_mean_logsoftmax=gen.mean_logsoftmax, sample_entropy=gen.entropy,
+        group_ids=first_group + torch.arange(n_prompts).repeat_interleave(G),
+        rewards=torch.tensor([sc.reward for sc in scores]),
+        correct=torch.tensor([sc.correct for sc in scores]),
+    )
+    if cfg.shaping.names:  # length-based shaping (DAPO overlong, LASER); correctness stays as scored
+        batch.rewards = shape_rewards(batch.rewards, batch.correct, batch.lengths, shaping)
+    return batch
+
+
+def informative_groups(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
+    """Rows of groups whose rewards are not all equal (DAPO dynamic sampling keeps only these)."""
+    _, inv = torch.unique(group_ids, return_inverse=True)
+    n = int(inv.max()) + 1
+    lo = torch.full((n,), float("inf")).scatter_reduce(0, inv, rewards.float(), "amin")
+    hi = torch.full((n,), float("-inf")).scatter_reduce(0, inv, rewards.float(), "amax")
+    return (hi > lo)[inv]
+
+
+def fill_informative_groups(s: Setup, batch: RolloutBatch, rng, sampler_rng, shaping) -> tuple[RolloutBatch, int]:
+    """DAPO dynamic sampling (Yu et al. 2025): drop groups with equal rewards and generate prompts_per_step more
+    prompts at a time until prompts_per_step informative groups exist (or max_generation_rounds is reached), then
+    truncate to exactly that many groups."""
+    P, G, rounds = s.cfg.rollout.prompts_per_step, s.cfg.rollout.samples_per_prompt, 1
+    batch = batch.select(informative_groups(batch.rewards, batch.group_ids))
+    while batch.size < P * G and rounds < s.cfg.rollout.max_generation_rounds:
+        first = int(batch.group_ids.max()) + 1 if batch.size else 0
+        more = generate_and_score(s, rng, sampler_rng, P, shaping, first_group=first)
+        more = more.select(informative_groups(more.rewards, more.group_ids))
+        batch = RolloutBatch.concat(batch, more, s.tokenizer.pad_token_id) if batch.size else more
+        rounds += 1
+    return batch.select(torch.arange(min(batch.size, P * G))), rounds
 
 
 def rehearsal_rows(s: Setup, rng: random.Random) -> RolloutBatch:
