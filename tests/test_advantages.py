@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from tiltlm.advantages import ADVANTAGE_NEEDS, ADVANTAGES, AdvantageInputs
+from tiltlm.advantages import ADVANTAGE_NEEDS, ADVANTAGES, AdvantageInputs, make_advantage
 from tiltlm.config import AdvantageConfig
 
 S = math.sqrt(3) / 2  # 0.5 / unbiased std sqrt(1/3)
@@ -36,6 +36,8 @@ GOLDEN = {
     "nsr": [0.0, -1.0, -1.0, 0.0],
     # ACE (working form, alpha = 1): wrong rollouts with c = 0 and -1 -> -S (1 + softplus(c)): -1.46630, -1.13731
     "ace": [S, -S * (1 + SP0), -S * (1 + SPM1), S],
+    # shrinkage with the uninformative Beta(1,1): b0 = .5 = rbar, so the fused baseline is .5 whatever w is
+    "shrinkage": [0.5, -0.5, -0.5, 0.5],
 }
 
 
@@ -49,22 +51,22 @@ def test_every_registered_advantage_has_a_golden_row():
 
 @pytest.mark.parametrize("name", sorted(ADVANTAGES))
 def test_golden_fixture(name):
-    adv = ADVANTAGES[name](_inputs(name), AdvantageConfig())
+    adv = make_advantage(ADVANTAGES[name])(_inputs(name), AdvantageConfig())
     assert torch.allclose(adv.double(), torch.tensor(GOLDEN[name], dtype=torch.float64), atol=1e-4), adv
 
 
 def test_spec_decimals():
     # the spec's printed values, not derived here: ACE -> [0.86602, -1.46630, -1.13731, 0.86602]
-    adv = ADVANTAGES["ace"](_inputs("ace"), AdvantageConfig())
+    adv = make_advantage(ADVANTAGES["ace"])(_inputs("ace"), AdvantageConfig())
     assert torch.allclose(adv, torch.tensor([0.86602, -1.46630, -1.13731, 0.86602], dtype=torch.float64), atol=1e-4)
     assert ADVANTAGE_NEEDS["ace"] == {"ref"}
 
 
-@pytest.mark.parametrize("name", ["group_zscore", "group_mean", "rloo", "group_mean_batch_std", "ace"])
+@pytest.mark.parametrize("name", ["group_zscore", "group_mean", "rloo", "group_mean_batch_std", "ace", "shrinkage"])
 def test_all_equal_group_gives_zero_advantage_without_nan(name):
     x = AdvantageInputs(torch.ones(4), torch.zeros(4, dtype=torch.long), torch.tensor([3, 2, 1, 2]),
                         confidence=torch.zeros(4))
-    assert torch.equal(ADVANTAGES[name](x, AdvantageConfig()), torch.zeros(4, dtype=torch.float64))
+    assert torch.equal(make_advantage(ADVANTAGES[name])(x, AdvantageConfig()), torch.zeros(4, dtype=torch.float64))
 
 
 def test_lite_ppo_uses_the_batch_std_across_groups():
@@ -96,3 +98,20 @@ def test_weighted_pn_uses_correctness_not_reward_sign():
     x = AdvantageInputs(torch.tensor([0.3, 0.3]), torch.zeros(2, dtype=torch.long), correct=torch.tensor([True, False]))
     adv = ADVANTAGES["weighted_pn"](x, AdvantageConfig(positive_weight=0.5))
     assert adv.tolist() == [0.5, -1.0]
+
+
+def test_shrinkage_baseline_golden_and_state():
+    # spec rlvr.md section 4 (reconstruction): prior Beta(8,2) -> b0 = .8, tau^2 = 0.0145455; rewards [1,0,0,1]:
+    # v = .04, z = -1.5 (accepted), w = 0.73333, b = 0.72 -> A = [0.28, -0.72, -0.72, 0.28]
+    est = make_advantage(ADVANTAGES["shrinkage"])
+    c = AdvantageConfig(prior_a=8, prior_b=2, forget=0.9)
+    keys = torch.full((4,), 7)
+    x = AdvantageInputs(torch.tensor([1.0, 0, 0, 1]), torch.zeros(4, dtype=torch.long), prompt_keys=keys)
+    assert est(x, c).tolist() == pytest.approx([0.28, -0.72, -0.72, 0.28], abs=1e-5)
+    assert est.alpha[7] == pytest.approx(0.9 * 8 + 2) and est.beta[7] == pytest.approx(0.9 * 2 + 2)
+    # a fresh estimator on [0,0,0,0] with b0 = .8: z = -4 -> prior rejected, baseline = group mean 0 -> A = 0
+    est = make_advantage(ADVANTAGES["shrinkage"])
+    x = AdvantageInputs(torch.zeros(4), torch.zeros(4, dtype=torch.long), prompt_keys=keys)
+    assert est(x, c).tolist() == [0.0] * 4 and est.rejections == 1
+    # state is per run: a second make_advantage starts empty
+    assert make_advantage(ADVANTAGES["shrinkage"]).alpha == {}

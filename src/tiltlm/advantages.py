@@ -1,6 +1,7 @@
 """Advantage estimators: per-sequence signals -> per-sequence advantages, broadcast over tokens by the loss.
 
-Every estimator is ``fn(x: AdvantageInputs, c: AdvantageConfig) -> advantages [B]``. Rows of one group share a
+Every estimator is ``fn(x: AdvantageInputs, c: AdvantageConfig) -> advantages [B]``; a *class* in the registry is
+a stateful estimator, instantiated once per run (``make_advantage``). Rows of one group share a
 group id. Std is the unbiased (N-1) one, as in verl / TRL / oat (spec rlvr.md section 0). ``ADVANTAGE_NEEDS``
 names estimators that need extra log-probs (ACE needs the reference), so the trainer computes them.
 """
@@ -23,6 +24,7 @@ class AdvantageInputs:
     lengths: torch.Tensor | None = None  # [B] valid completion tokens per row (token-weighted statistics)
     correct: torch.Tensor | None = None  # [B] bool; defaults to rewards > 0
     confidence: torch.Tensor | None = None  # [B] log pi_old(y) - log pi_ref(y) (ACE)
+    prompt_keys: torch.Tensor | None = None  # [B] int64 identity of each row's prompt (stateful estimators)
 
     @property
     def is_correct(self) -> torch.Tensor:
@@ -115,6 +117,48 @@ def ace(x: AdvantageInputs, c: AdvantageConfig) -> torch.Tensor:
     return torch.where(~x.is_correct & (base < 0), base * scale, base)
 
 
+class ShrinkageBaseline:
+    """Prior-fused baseline with a consistency test, V_0.5-style (Zhang et al. 2026, arXiv 2603.10848).
+
+    RECONSTRUCTION (spec rlvr.md section 4; no official code): each prompt keeps a Beta(a, b) posterior of its past
+    success (forgetting factor gamma). For a group of n rewards with mean rbar: prior mean b0 = a/(a+b), prior
+    variance tau^2 = ab / ((a+b)^2 (a+b+1)), sampling variance v = b0 (1 - b0) / n; if |rbar - b0| / sqrt(v) >
+    z_crit the prior is rejected and the baseline is rbar, otherwise b = w b0 + (1 - w) rbar with the MSE-optimal
+    w = v / (v + tau^2). A = r - b. The paper then spends *more rollouts* on rejected prompts; here a rejection only
+    falls back to the group mean (counted in ``rejections``). Stateful: one instance per run, saved with it.
+    """
+
+    def __init__(self) -> None:
+        self.alpha: dict[int, float] = {}
+        self.beta: dict[int, float] = {}
+        self.rejections = 0
+
+    def baseline(self, key: int, rewards: torch.Tensor, c: AdvantageConfig) -> float:
+        a, b = self.alpha.get(key, c.prior_a), self.beta.get(key, c.prior_b)
+        n, rbar = rewards.numel(), float(rewards.double().mean())
+        b0 = a / (a + b)
+        tau2 = a * b / ((a + b) ** 2 * (a + b + 1))
+        v = b0 * (1 - b0) / n
+        if v <= 0 or abs(rbar - b0) / v**0.5 > c.z_crit:
+            self.rejections += 1
+            base = rbar
+        else:
+            w = v / (v + tau2)
+            base = w * b0 + (1 - w) * rbar
+        successes = float(rewards.double().sum())
+        self.alpha[key] = c.forget * a + successes
+        self.beta[key] = c.forget * b + (n - successes)
+        return base
+
+    def __call__(self, x: AdvantageInputs, c: AdvantageConfig) -> torch.Tensor:
+        keys = x.prompt_keys if x.prompt_keys is not None else x.group_ids
+        out = torch.zeros_like(x.rewards, dtype=torch.float64)
+        for g in torch.unique(x.group_ids):
+            rows = x.group_ids == g
+            out[rows] = x.rewards[rows].double() - self.baseline(int(keys[rows][0]), x.rewards[rows], c)
+        return out
+
+
 ADVANTAGES: dict[str, Callable[[AdvantageInputs, AdvantageConfig], torch.Tensor]] = {
     "group_zscore": group_zscore,
     "group_mean": group_mean,
@@ -126,6 +170,7 @@ ADVANTAGES: dict[str, Callable[[AdvantageInputs, AdvantageConfig], torch.Tensor]
     "psr": psr,
     "nsr": nsr,
     "ace": ace,
+    "shrinkage": ShrinkageBaseline,  # a class: stateful, instantiated once per run
 }
 
 ADVANTAGE_NEEDS: dict[str, set[str]] = {"ace": {"ref"}}
@@ -137,5 +182,10 @@ def advantages_for(fn: Callable, batch, signal: torch.Tensor, c: AdvantageConfig
     confidence = None
     if batch.ref_logprobs is not None:
         confidence = ((batch.sample_logprobs - batch.ref_logprobs) * mask).sum(-1)
-    x = AdvantageInputs(signal, batch.group_ids, mask.sum(-1), batch.correct, confidence)
+    x = AdvantageInputs(signal, batch.group_ids, mask.sum(-1), batch.correct, confidence, batch.prompt_keys)
     return fn(x, c).to(torch.float32)
+
+
+def make_advantage(entry) -> Callable[[AdvantageInputs, AdvantageConfig], torch.Tensor]:
+    """A registry entry as a callable: classes (stateful estimators) get a fresh instance per run."""
+    return entry() if isinstance(entry, type) else entry

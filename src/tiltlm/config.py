@@ -97,6 +97,10 @@ class AdvantageConfig:
     eps: float = f(1e-6, "added to the std in normalised advantages")
     positive_weight: float = f(0.1, "weighted_pn (W-REINFORCE): advantage of a correct response (wrong ones get -1)")
     ace_alpha: float = f(1.0, "ace: strength of the confidence penalty on wrong responses")
+    prior_a: float = f(1.0, "shrinkage: Beta prior successes for an unseen prompt")
+    prior_b: float = f(1.0, "shrinkage: Beta prior failures for an unseen prompt")
+    forget: float = f(0.9, "shrinkage: forgetting factor applied to a prompt's Beta counts at each visit")
+    z_crit: float = f(1.96, "shrinkage: |z| above this rejects the prior (falls back to the group mean)")
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from tiltlm.advantages import ADVANTAGE_NEEDS, ADVANTAGES
+from tiltlm.advantages import ADVANTAGE_NEEDS, ADVANTAGES, make_advantage
 from tiltlm.config import Config, dump_config
 from tiltlm.errors import TiltError
 from tiltlm.evaluate import EvalResult, evaluate
@@ -128,7 +128,7 @@ def prepare(cfg: Config) -> Setup:
     pick(KL_ESTIMATORS, cfg.objective.kl_estimator, "objective.kl_estimator")
     objective = build_objective(cfg.objective)
     adv_name = objective.default_advantage if cfg.advantage.name == "auto" else cfg.advantage.name
-    advantage = pick(ADVANTAGES, adv_name, "advantage.name")
+    advantage = make_advantage(pick(ADVANTAGES, adv_name, "advantage.name"))
     needs = set(objective.needs) | ADVANTAGE_NEEDS.get(adv_name, set())
     agg_name = objective.default_aggregation if cfg.objective.aggregation == "auto" else cfg.objective.aggregation
     aggregate = pick(AGGREGATIONS, agg_name, "objective.aggregation")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tiltlm.advantages import ADVANTAGE_NEEDS, ADVANTAGES, advantages_for
+from tiltlm.advantages import ADVANTAGE_NEEDS, ADVANTAGES, advantages_for, make_advantage
 from tiltlm.batch import RolloutBatch
 from tiltlm.config import AdvantageConfig, ObjectiveConfig
 from tiltlm.logprobs import TOKEN_STATS
@@ -194,7 +194,7 @@ class Testbed:
             obj.target = target  # the exactly fitted lambda
         exact = self.exact(target)
         adv_name = obj.default_advantage if advantage == "auto" else advantage
-        adv_fn = ADVANTAGES[adv_name]
+        adv_fn = make_advantage(ADVANTAGES[adv_name])
         needs = set(obj.needs) | ADVANTAGE_NEEDS.get(adv_name, set())
         agg_fn = AGGREGATIONS[obj.default_aggregation if aggregation == "auto" else aggregation]
         policy = TabularPolicy(self.V, self.L, self.prior.logits.detach())

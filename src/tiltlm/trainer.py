@@ -20,6 +20,7 @@ Each step, top to bottom:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import random
 import time
 from collections.abc import Callable
@@ -147,10 +148,16 @@ def generate_and_score(s: Setup, rng: random.Random, sampler_rng: torch.Generato
         group_ids=first_group + torch.arange(n_prompts).repeat_interleave(G),
         rewards=torch.tensor([sc.reward for sc in scores]),
         correct=torch.tensor([sc.correct for sc in scores]),
+        prompt_keys=torch.tensor([prompt_key(examples[i // G].prompt) for i in range(len(scores))]),
     )
     if cfg.shaping.names:  # length-based shaping (DAPO overlong, LASER); correctness stays as scored
         batch.rewards = shape_rewards(batch.rewards, batch.correct, batch.lengths, shaping)
     return batch
+
+
+def prompt_key(text: str) -> int:
+    """A stable 63-bit identity of a prompt (for per-prompt state such as the shrinkage baseline's Beta counts)."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") >> 1
 
 
 def informative_groups(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
