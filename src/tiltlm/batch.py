@@ -34,6 +34,7 @@ class RolloutBatch:
     sample_mean_logsoftmax: torch.Tensor | None = None  # [B, C] the sampling policy's, recorded at generation
     sample_entropy: torch.Tensor | None = None  # [B, C] entropy of each sampling distribution
     prompt_keys: torch.Tensor | None = None  # [B] int64 hash of each row's prompt text (per-prompt state)
+    hinted: torch.Tensor | None = None  # [B] bool: the prompt carried a solution hint (GHPO)
     rehearsal: torch.Tensor | None = None  # [B] bool: stored samples of the initial policy (DPH-RL), not rollouts
 
     @property

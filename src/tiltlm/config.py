@@ -117,6 +117,11 @@ class ShapingConfig:
 
 
 @dataclass
+class HintConfig:
+    omegas: list = f([], "GHPO hint stages: solution-prefix ratios tried in order on all-fail groups, e.g. [0.25, 0.5, 0.75]")
+
+
+@dataclass
 class OptimConfig:
     lr: float = f(3e-4, "peak learning rate (AdamW)")
     betas: list = f([0.9, 0.99], "AdamW betas")
@@ -172,6 +177,7 @@ class Config:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
     shaping: ShapingConfig = field(default_factory=ShapingConfig)
+    hints: HintConfig = field(default_factory=HintConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

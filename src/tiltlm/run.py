@@ -58,6 +58,8 @@ def _check_positive(cfg: Config) -> None:
         raise TiltError(f"config key 'objective.beta' must be >= 0, got {cfg.objective.beta}")
     from tiltlm.shaping import SHAPINGS
 
+    if any(not isinstance(w, (int, float)) or not 0 < w < 1 for w in cfg.hints.omegas):
+        raise TiltError(f"config key 'hints.omegas' values must be in (0, 1), got {cfg.hints.omegas}")
     if cfg.train.normalise_over not in ("all_rows", "kept_rows"):
         raise TiltError(f"unknown train.normalise_over '{cfg.train.normalise_over}' (valid: all_rows, kept_rows)")
     for name in cfg.shaping.names:

@@ -32,6 +32,7 @@ from tiltlm.advantages import advantages_for
 from tiltlm.batch import RolloutBatch
 from tiltlm.config import Config
 from tiltlm.evaluate import EvalResult
+from tiltlm.hints import hinted
 from tiltlm.logprobs import sequence_logprobs
 from tiltlm.rollout import decode_completions
 from tiltlm.run import Run, Setup, prepare
@@ -108,6 +109,7 @@ def train(cfg: Config, progress=None) -> TrainResult:
                 "rollout/finished": batch.finished.float().mean().item(),
                 "rollout/entropy": (batch.sample_entropy.sum() / batch.completion_mask.sum()).item(),
                 "rollout/generation_rounds": rounds,
+                "rollout/hinted_frac": batch.hinted.float().mean().item(),
                 "rollout/rows_trained": int(rows.sum()),
                 "adv/mean": batch.advantages.mean().item(),
                 "adv/abs_mean": batch.advantages.abs().mean().item(),
@@ -133,26 +135,46 @@ def train(cfg: Config, progress=None) -> TrainResult:
 
 def generate_and_score(s: Setup, rng: random.Random, sampler_rng: torch.Generator, n_prompts: int, shaping,
                        first_group: int = 0) -> RolloutBatch:
-    """Steps 1-3 for ``n_prompts`` prompts: select, generate G completions each, score (and shape) them."""
-    cfg, G = s.cfg, s.cfg.rollout.samples_per_prompt
+    """Steps 1-3 for ``n_prompts`` prompts: select, generate G completions each, score (and shape) them; groups
+    that all fail are re-posed with solution hints when ``hints.omegas`` is set (GHPO, hints.py)."""
     examples = s.task.sample_train(rng, n_prompts)
+    group_ids = first_group + torch.arange(n_prompts)
+    batch = rollout_groups(s, examples, group_ids, [""] * n_prompts, sampler_rng)
+    for omega in s.cfg.hints.omegas:
+        failed = [g for g in range(n_prompts) if not batch.correct[batch.group_ids == group_ids[g]].any()]
+        if not failed:
+            break
+        posed = [hinted(examples[g], omega) for g in failed]
+        keep = ~torch.isin(batch.group_ids, group_ids[failed])
+        redo = rollout_groups(s, [e for e, _ in posed], group_ids[failed], [h for _, h in posed], sampler_rng,
+                              keys=[examples[g].prompt for g in failed])
+        batch = RolloutBatch.concat(batch.select(keep), redo, s.tokenizer.pad_token_id) if keep.any() else redo
+    if s.cfg.shaping.names:  # length-based shaping (DAPO overlong, LASER); correctness stays as scored
+        batch.rewards = shape_rewards(batch.rewards, batch.correct, batch.lengths, shaping)
+    return batch
+
+
+def rollout_groups(s: Setup, examples: list, group_ids: torch.Tensor, hints: list[str], sampler_rng,
+                   keys: list[str] | None = None) -> RolloutBatch:
+    """G completions per example, scored as hint + completion (the hint is already part of the prompt)."""
+    cfg, G = s.cfg, s.cfg.rollout.samples_per_prompt
     prompt_ids = [s.tokenizer(e.prompt)["input_ids"] for e in examples]
     gen = s.engine.generate(prompt_ids, G, cfg.rollout.max_new_tokens, cfg.rollout.temperature, sampler_rng)
     texts = decode_completions(s.tokenizer, gen.completion_ids, gen.completion_mask)
-    scores = [s.task.score(examples[i // G], text, bool(fin)) for i, (text, fin) in enumerate(zip(texts, gen.finished))]
-    batch = RolloutBatch(
+    scores = [s.task.score(examples[i // G], hints[i // G] + text, bool(fin))
+              for i, (text, fin) in enumerate(zip(texts, gen.finished))]
+    keys = keys or [e.prompt for e in examples]
+    return RolloutBatch(
         prompt_ids=gen.prompt_ids, prompt_mask=gen.prompt_mask,
         completion_ids=gen.completion_ids, completion_mask=gen.completion_mask,
         sample_logprobs=gen.sample_logprobs, finished=gen.finished,
         sample_mean_logsoftmax=gen.mean_logsoftmax, sample_entropy=gen.entropy,
-        group_ids=first_group + torch.arange(n_prompts).repeat_interleave(G),
+        group_ids=group_ids.repeat_interleave(G),
         rewards=torch.tensor([sc.reward for sc in scores]),
         correct=torch.tensor([sc.correct for sc in scores]),
-        prompt_keys=torch.tensor([prompt_key(examples[i // G].prompt) for i in range(len(scores))]),
+        prompt_keys=torch.tensor([prompt_key(keys[i // G]) for i in range(len(scores))]),
+        hinted=torch.tensor([bool(hints[i // G]) for i in range(len(scores))]),
     )
-    if cfg.shaping.names:  # length-based shaping (DAPO overlong, LASER); correctness stays as scored
-        batch.rewards = shape_rewards(batch.rewards, batch.correct, batch.lengths, shaping)
-    return batch
 
 
 def prompt_key(text: str) -> int:

@@ -45,7 +45,8 @@ class Arithmetic:
 
     def make(self, a: int, b: int) -> Example:
         s = str(a + b)
-        return Example(prompt=f"{a}+{b}=", answer=s[::-1] if self.reverse else s)
+        answer = s[::-1] if self.reverse else s
+        return Example(prompt=f"{a}+{b}=", answer=answer, solution=answer)  # the digits are the whole solution
 
     def _draw(self, rng: random.Random, heldout: bool) -> Example:
         while True:
