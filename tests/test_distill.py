@@ -70,3 +70,47 @@ def test_teacher_sft_loss_is_token_nll_and_samples_come_from_the_teacher(tmp_pat
     assert loss.view(-1).tolist() == pytest.approx([math.log(2), math.log(4)])
     s = prepare(load_config(None, [f"log.run_dir={tmp_path}", "objective.name=sft_teacher"]))
     assert s.engine.model is s.teacher and s.teacher is not None
+
+
+def _pg_batch(adv, old, teacher, correct=None):
+    b = _batch(list(range(len(old))), old, teacher)
+    b.advantages = torch.tensor(adv, dtype=torch.float32)
+    b.correct = torch.tensor(correct if correct is not None else [False] * len(old))
+    return b
+
+
+def test_rlad_alpha_zero_is_grpo_and_the_anchor_extends_the_trust_region():
+    from tiltlm.objectives import ClippedPolicyGradient, TrustRegionRatioDistillation
+
+    old, teacher = [math.log(0.2), math.log(0.2)], [math.log(0.6), math.log(0.6)]
+    b = _pg_batch([1.0, -1.0], old, teacher)
+    logp = torch.tensor([[math.log(0.26)], [math.log(0.26)]], requires_grad=True)  # rho_old = 1.3: GRPO clips
+    grpo, _ = ClippedPolicyGradient().token_loss(logp, b)
+    same, _ = TrustRegionRatioDistillation(anchor_alpha=0.0).token_loss(logp, b)
+    assert torch.equal(grpo, same)
+    rlad, _ = TrustRegionRatioDistillation(anchor_alpha=0.5).token_loss(logp, b)
+    rlad.sum().backward()
+    # A > 0: anchor = sqrt(.2 * .6) = 0.3464 > pi_theta -> rho = 0.75, unclipped: gradient -A rho pushes pi up
+    assert logp.grad[0, 0].item() == pytest.approx(-0.26 / math.sqrt(0.12), abs=1e-5)
+    # A < 0: rho = 0.75 < 0.8 -> clipped at 0.8, zero gradient: the teacher never pulls a penalised token up
+    assert logp.grad[1, 0].item() == 0.0 and rlad[1, 0].item() == pytest.approx(0.8, abs=1e-6)
+    lin = TrustRegionRatioDistillation(anchor_alpha=0.5, anchor_mixture="linear").anchor(b)
+    assert lin[0, 0].item() == pytest.approx(math.log(0.4), abs=1e-6)  # .5 * .6 + .5 * .2
+
+
+def test_kdrl_masks_rewarded_responses_and_anneals():
+    from tiltlm.objectives import KDRL
+
+    obj = KDRL(kd_coef_start=0.01, kd_coef_end=0.0)
+    assert obj.needs == {"teacher"}
+    obj.schedule(1, 11)
+    assert obj.kd_coef == pytest.approx(0.01)
+    b = _pg_batch([0.0, 0.0], [math.log(0.5)] * 2, [math.log(0.25)] * 2, correct=[True, False])
+    logp = torch.full((2, 1), math.log(0.5), requires_grad=True)
+    loss, _ = obj.token_loss(logp, b)
+    loss.sum().backward()
+    assert logp.grad[0, 0].item() == 0.0  # rewarded response: no distillation gradient
+    assert logp.grad[1, 0].item() == pytest.approx(0.01 * math.log(2), abs=1e-6)  # coef * d k2 / d logp
+    assert obj.rows_with_gradient(b).tolist() == [False, True]
+    obj.schedule(11, 11)
+    assert obj.kd_coef == pytest.approx(0.0)

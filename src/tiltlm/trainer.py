@@ -66,6 +66,8 @@ def train(cfg: Config, progress=None) -> TrainResult:
     with run.progress(progress) as bar:
         for step in range(1, cfg.train.steps + 1):
             t0 = time.perf_counter()
+            if hasattr(s.objective, "schedule"):  # objectives with annealed coefficients (KDRL)
+                s.objective.schedule(step, cfg.train.steps)
             # 1-3. select prompts, generate G completions each (sampling log-probs recorded), score
             batch = generate_and_score(s, rng, sampler_rng, P, shaping)
             rounds = 1

@@ -19,7 +19,7 @@ from tiltlm.batch import RolloutBatch
 from tiltlm.config import ObjectiveConfig
 from tiltlm.errors import TiltError
 from tiltlm.objectives.aggregation import AGGREGATIONS
-from tiltlm.objectives.distill import OnPolicyDistillation, TeacherSFT
+from tiltlm.objectives.distill import KDRL, OnPolicyDistillation, TeacherSFT, TrustRegionRatioDistillation
 from tiltlm.objectives.dph import GENERATORS, DivergencePreservingHybrid
 from tiltlm.objectives.fdpg import F_DIVERGENCES, FDivergence
 from tiltlm.objectives.kl import KL_ESTIMATORS
@@ -118,10 +118,16 @@ OBJECTIVES: dict[str, tuple[Callable[[ObjectiveConfig], Objective], str]] = {
                   "(Agarwal et al. 2024; Yang et al. 2026, G-OPD)"),
     "sft_teacher": (lambda c: TeacherSFT(), "SFT on the teacher's own samples: the off-policy distillation baseline "
                                             "(Kim & Rush 2016, sequence-level KD)"),
+    "kdrl": (lambda c: KDRL(**_pg_kwargs(c), kd_coef_start=c.kd_coef_start, kd_coef_end=c.kd_coef_end,
+                            kd_mask_correct=c.kd_mask_correct),
+             "GRPO + annealed k2 KL to a teacher, masked on rewarded responses (Xu et al. 2025, KDRL)"),
+    "rlad": (lambda c: TrustRegionRatioDistillation(**_pg_kwargs(c), anchor_alpha=c.anchor_alpha,
+                                                    anchor_mixture=c.anchor_mixture),
+             "clipped ratio to a teacher/old-policy anchor, reconstruction (Zhang et al. 2026, RLAD/TRRD)"),
     "rover": (lambda c: Rover(), "ROVER: Q from the policy's log-ratio, uniform-policy next-state value, squared "
                                  "loss (He et al. 2025)"),
     "rapo": (_rapo, "GRPO + forward-KL penalty to pi_ref exp(r/alpha), reconstruction (Deng et al. 2025, RAPO)"),
 }
 
-__all__ = ["Rover", "TeacherSFT", "GENERATORS", "SURROGATES", "AGGREGATIONS", "KL_ESTIMATORS", "OBJECTIVES", "ClippedPolicyGradient", "FDivergence", "Objective",
+__all__ = ["KDRL", "TrustRegionRatioDistillation", "Rover", "TeacherSFT", "GENERATORS", "SURROGATES", "AGGREGATIONS", "KL_ESTIMATORS", "OBJECTIVES", "ClippedPolicyGradient", "FDivergence", "Objective",
            "build_target"]
