@@ -22,6 +22,7 @@ OVERRIDES = {
     "opd": ["objective.distill_lambda=1.25"],
     "sft_teacher": [],
     "rover": [],
+    "siren": ["objective.siren_coef=0.5"],
     "kdrl": [],
     "rlad": ["objective.anchor_alpha=0.5"],
     "rapo": ["objective.forward_kl_coef=0.1", "objective.forward_kl_alpha=0.5"],

@@ -31,6 +31,7 @@ class RolloutBatch:
     loss_weights: torch.Tensor | None = None  # [B, C] aggregation weights, fixed on the full batch
     entropy: torch.Tensor | None = None  # [B, C] current-policy entropies, set per micro-batch during the update
     mean_logsoftmax: torch.Tensor | None = None  # [B, C] current policy's mean log-softmax (ROVER), same
+    top_p_entropy: torch.Tensor | None = None  # [B, C] current policy's top-p entropy (SIREN), same
     sample_mean_logsoftmax: torch.Tensor | None = None  # [B, C] the sampling policy's, recorded at generation
     sample_entropy: torch.Tensor | None = None  # [B, C] entropy of each sampling distribution
     prompt_keys: torch.Tensor | None = None  # [B] int64 hash of each row's prompt text (per-prompt state)

@@ -33,6 +33,16 @@ TOKEN_STATS = {
 }
 
 
+def _token_stat(name: str):
+    """``TOKEN_STATS[name]``, or a parametrised one such as ``top_p_entropy:0.8`` (SIREN)."""
+    if name.startswith("top_p_entropy:"):
+        from tiltlm.objectives.siren import top_p_entropy
+
+        p = float(name.split(":", 1)[1])
+        return lambda lsm: top_p_entropy(lsm, p)
+    return TOKEN_STATS[name]
+
+
 def gather_logprobs(
     logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0, stats: tuple[str, ...] | set = (),
     chunk: int = 64,
@@ -46,7 +56,7 @@ def gather_logprobs(
         lsm = torch.log_softmax(lg, dim=-1)
         logps.append(lsm.gather(-1, targets[i : i + chunk].unsqueeze(-1)).squeeze(-1))
         for name in stats:
-            extra[name].append(TOKEN_STATS[name](lsm))
+            extra[name].append(_token_stat(name)(lsm))
     return torch.cat(logps), {name: torch.cat(v) for name, v in extra.items()}
 
 

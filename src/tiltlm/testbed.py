@@ -21,7 +21,7 @@ import torch
 from tiltlm.advantages import ADVANTAGE_NEEDS, ADVANTAGES, advantages_for, make_advantage
 from tiltlm.batch import RolloutBatch
 from tiltlm.config import AdvantageConfig, ObjectiveConfig
-from tiltlm.logprobs import TOKEN_STATS
+from tiltlm.logprobs import _token_stat as token_stat
 from tiltlm.objectives import AGGREGATIONS, OBJECTIVES
 from tiltlm.target import ConstraintEvidence, MomentEvidence, RewardEvidence, Target
 
@@ -52,7 +52,7 @@ class TabularPolicy(torch.nn.Module):
         logp = rows.gather(-1, seqs.unsqueeze(-1)).squeeze(-1)
         if stats is None:
             return logp
-        return logp, {name: TOKEN_STATS[name](rows) for name in stats}
+        return logp, {name: token_stat(name)(rows) for name in stats}
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

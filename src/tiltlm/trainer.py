@@ -239,8 +239,14 @@ def update(
     for mb in batch.micro_batches(micro_batch_size) if batch.size else []:
         logp, extra = logprob_fn(mb, getattr(objective, "token_stats", set()))
         mb.entropy, mb.mean_logsoftmax = extra.get("entropy"), extra.get("mean_logsoftmax")
+        mb.top_p_entropy = next((v for k, v in extra.items() if k.startswith("top_p_entropy")), None)
         token_loss, stats = objective.token_loss(logp, mb)
         loss = (token_loss * mb.loss_weights).sum()
+        if hasattr(objective, "batch_loss"):  # a regulariser on a micro-batch statistic (SIREN), added once
+            extra_loss, extra_stats = objective.batch_loss(logp, mb)
+            loss = loss + extra_loss * mb.size / batch.size
+            for name, value in extra_stats.items():
+                sums[name] = sums.get(name, 0.0) + value * int(mb.completion_mask.sum())
         loss.backward()
         total_loss += loss.item()
         mask = mb.completion_mask.bool()

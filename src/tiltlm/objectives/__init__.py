@@ -25,6 +25,7 @@ from tiltlm.objectives.fdpg import F_DIVERGENCES, FDivergence
 from tiltlm.objectives.kl import KL_ESTIMATORS
 from tiltlm.objectives.pg import ClippedPolicyGradient
 from tiltlm.objectives.rover import Rover
+from tiltlm.objectives.siren import Siren
 from tiltlm.objectives.surrogates import SURROGATES
 from tiltlm.target import ConstraintEvidence, MomentEvidence, RewardEvidence, Target
 
@@ -124,10 +125,12 @@ OBJECTIVES: dict[str, tuple[Callable[[ObjectiveConfig], Objective], str]] = {
     "rlad": (lambda c: TrustRegionRatioDistillation(**_pg_kwargs(c), anchor_alpha=c.anchor_alpha,
                                                     anchor_mixture=c.anchor_mixture),
              "clipped ratio to a teacher/old-policy anchor, reconstruction (Zhang et al. 2026, RLAD/TRRD)"),
+    "siren": (lambda c: Siren(**_pg_kwargs(c), coef=c.siren_coef),
+              "GRPO + self-anchored selective (top-p, peak-position) entropy regulariser (arXiv 2509.25133, SIREN)"),
     "rover": (lambda c: Rover(), "ROVER: Q from the policy's log-ratio, uniform-policy next-state value, squared "
                                  "loss (He et al. 2025)"),
     "rapo": (_rapo, "GRPO + forward-KL penalty to pi_ref exp(r/alpha), reconstruction (Deng et al. 2025, RAPO)"),
 }
 
-__all__ = ["KDRL", "TrustRegionRatioDistillation", "Rover", "TeacherSFT", "GENERATORS", "SURROGATES", "AGGREGATIONS", "KL_ESTIMATORS", "OBJECTIVES", "ClippedPolicyGradient", "FDivergence", "Objective",
+__all__ = ["Siren", "KDRL", "TrustRegionRatioDistillation", "Rover", "TeacherSFT", "GENERATORS", "SURROGATES", "AGGREGATIONS", "KL_ESTIMATORS", "OBJECTIVES", "ClippedPolicyGradient", "FDivergence", "Objective",
            "build_target"]
