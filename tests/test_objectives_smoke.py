@@ -22,6 +22,7 @@ OVERRIDES = {
     "opd": ["objective.distill_lambda=1.25"],
     "sft_teacher": [],
     "rover": [],
+    "lp_reg": ["objective.lpreg_kappa=0.1"],
     "siren": ["objective.siren_coef=0.5"],
     "kdrl": [],
     "rlad": ["objective.anchor_alpha=0.5"],

@@ -32,6 +32,7 @@ class RolloutBatch:
     entropy: torch.Tensor | None = None  # [B, C] current-policy entropies, set per micro-batch during the update
     mean_logsoftmax: torch.Tensor | None = None  # [B, C] current policy's mean log-softmax (ROVER), same
     top_p_entropy: torch.Tensor | None = None  # [B, C] current policy's top-p entropy (SIREN), same
+    minp: torch.Tensor | None = None  # [B, C, 2] current policy's min-p threshold and kept mass (Lp-Reg), same
     sample_mean_logsoftmax: torch.Tensor | None = None  # [B, C] the sampling policy's, recorded at generation
     sample_entropy: torch.Tensor | None = None  # [B, C] entropy of each sampling distribution
     prompt_keys: torch.Tensor | None = None  # [B] int64 hash of each row's prompt text (per-prompt state)

@@ -85,6 +85,8 @@ class ObjectiveConfig:
     teacher: str = f("embedded-teacher", "distillation: teacher model ('embedded-teacher' or a local HF directory)")
     distill_lambda: float = f(1.0, "opd: reward scale lambda (1 = OPD, > 1 = ExOPD extrapolation; pi_ref = the base)")
     distill_reward_coef: float = f(0.0, "opd: weight of the task's group advantage added to the distillation signal")
+    lpreg_kappa: float = f(0.02, "lp_reg: min-p threshold relative to the top probability")
+    lpreg_coef: float = f(1.0, "lp_reg: weight of the k3 term on protected tokens")
     siren_coef: float = f(0.005, "siren: weight c of (H_sel - H_anchor)^2")
     kd_coef_start: float = f(5e-3, "kdrl: KL-to-teacher coefficient at the first step (annealed linearly)")
     kd_coef_end: float = f(1e-3, "kdrl: KL-to-teacher coefficient at the last step")

@@ -35,6 +35,11 @@ TOKEN_STATS = {
 
 def _token_stat(name: str):
     """``TOKEN_STATS[name]``, or a parametrised one such as ``top_p_entropy:0.8`` (SIREN)."""
+    if name.startswith("minp:"):
+        from tiltlm.objectives.lpreg import minp_stats
+
+        kappa = float(name.split(":", 1)[1])
+        return lambda lsm: minp_stats(lsm, kappa)
     if name.startswith("top_p_entropy:"):
         from tiltlm.objectives.siren import top_p_entropy
 

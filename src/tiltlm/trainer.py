@@ -240,6 +240,7 @@ def update(
         logp, extra = logprob_fn(mb, getattr(objective, "token_stats", set()))
         mb.entropy, mb.mean_logsoftmax = extra.get("entropy"), extra.get("mean_logsoftmax")
         mb.top_p_entropy = next((v for k, v in extra.items() if k.startswith("top_p_entropy")), None)
+        mb.minp = next((v for k, v in extra.items() if k.startswith("minp")), None)
         token_loss, stats = objective.token_loss(logp, mb)
         loss = (token_loss * mb.loss_weights).sum()
         if hasattr(objective, "batch_loss"):  # a regulariser on a micro-batch statistic (SIREN), added once

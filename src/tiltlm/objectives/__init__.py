@@ -23,6 +23,7 @@ from tiltlm.objectives.distill import KDRL, OnPolicyDistillation, TeacherSFT, Tr
 from tiltlm.objectives.dph import GENERATORS, DivergencePreservingHybrid
 from tiltlm.objectives.fdpg import F_DIVERGENCES, FDivergence
 from tiltlm.objectives.kl import KL_ESTIMATORS
+from tiltlm.objectives.lpreg import LpReg
 from tiltlm.objectives.pg import ClippedPolicyGradient
 from tiltlm.objectives.rover import Rover
 from tiltlm.objectives.siren import Siren
@@ -127,10 +128,12 @@ OBJECTIVES: dict[str, tuple[Callable[[ObjectiveConfig], Objective], str]] = {
              "clipped ratio to a teacher/old-policy anchor, reconstruction (Zhang et al. 2026, RLAD/TRRD)"),
     "siren": (lambda c: Siren(**_pg_kwargs(c), coef=c.siren_coef),
               "GRPO + self-anchored selective (top-p, peak-position) entropy regulariser (arXiv 2509.25133, SIREN)"),
+    "lp_reg": (lambda c: LpReg(**_pg_kwargs(c), kappa=c.lpreg_kappa, coef=c.lpreg_coef),
+               "GRPO + k3 to a min-p proxy on the lowest-probability negative tokens (Huang et al. 2025, Lp-Reg)"),
     "rover": (lambda c: Rover(), "ROVER: Q from the policy's log-ratio, uniform-policy next-state value, squared "
                                  "loss (He et al. 2025)"),
     "rapo": (_rapo, "GRPO + forward-KL penalty to pi_ref exp(r/alpha), reconstruction (Deng et al. 2025, RAPO)"),
 }
 
-__all__ = ["Siren", "KDRL", "TrustRegionRatioDistillation", "Rover", "TeacherSFT", "GENERATORS", "SURROGATES", "AGGREGATIONS", "KL_ESTIMATORS", "OBJECTIVES", "ClippedPolicyGradient", "FDivergence", "Objective",
+__all__ = ["LpReg", "Siren", "KDRL", "TrustRegionRatioDistillation", "Rover", "TeacherSFT", "GENERATORS", "SURROGATES", "AGGREGATIONS", "KL_ESTIMATORS", "OBJECTIVES", "ClippedPolicyGradient", "FDivergence", "Objective",
            "build_target"]
