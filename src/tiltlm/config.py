@@ -113,7 +113,7 @@ class AdvantageConfig:
 
 @dataclass
 class ShapingConfig:
-    names: list = f([], "reward shaping applied in order (registry SHAPINGS): overlong_penalty, laser")
+    names: list = f([], "reward shaping applied in order (registry SHAPINGS): overlong_penalty, laser, laser_d")
     filter_truncated: bool = f(False, "DAPO overlong filtering: responses cut at max_new_tokens carry no loss")
     overlong_max: int = f(0, "overlong_penalty: hard length limit L_max (0 = rollout.max_new_tokens)")
     overlong_buffer: int = f(2, "overlong_penalty: soft buffer L_buf before L_max")
@@ -122,6 +122,9 @@ class ShapingConfig:
     laser_target: int = f(4, "laser: target length L_T in tokens")
     laser_mode: str = f("reward", "laser: reward (+alpha if L <= L_T) | penalty (-alpha if L > L_T) | hybrid")
     laser_wrong: float = f(-0.5, "laser: reward of a wrong response")
+    laser_d_min: int = f(2, "laser_d: smallest candidate target length")
+    laser_d_max: int = f(8, "laser_d: largest candidate target length")
+    laser_d_step: int = f(1, "laser_d: step of the candidate grid")
 
 
 @dataclass

@@ -152,7 +152,7 @@ def generate_and_score(s: Setup, rng: random.Random, sampler_rng: torch.Generato
                               keys=[examples[g].prompt for g in failed])
         batch = RolloutBatch.concat(batch.select(keep), redo, s.tokenizer.pad_token_id) if keep.any() else redo
     if s.cfg.shaping.names:  # length-based shaping (DAPO overlong, LASER); correctness stays as scored
-        batch.rewards = shape_rewards(batch.rewards, batch.correct, batch.lengths, shaping)
+        batch.rewards = shape_rewards(batch.rewards, batch.correct, batch.lengths, batch.group_ids, shaping)
     return batch
 
 
