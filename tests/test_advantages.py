@@ -23,6 +23,7 @@ GOLDEN = {
     "group_zscore": [S, -S, -S, S],  # +-0.86603
     "group_mean": [0.5, -0.5, -0.5, 0.5],  # Dr.GRPO
     "rloo": [2 / 3, -2 / 3, -2 / 3, 2 / 3],  # r_i - mean of the other three
+    "weighted_group_mean": [0.25, -0.75, -0.75, 0.25],  # weights [3,1,0,0]: baseline (3*1 + 0)/4 = 0.75
     # REINFORCE++: token-weighted batch mean 5/8 = 0.625, unbiased token variance (5*.375^2 + 3*.625^2)/7 = 0.267857
     # -> 0.72457 / -1.20761: one group, so centring first (the -baseline variant below) changes nothing here
     "batch_whiten": [0.375 / math.sqrt(1.875 / 7), -0.625 / math.sqrt(1.875 / 7), -0.625 / math.sqrt(1.875 / 7),
@@ -42,6 +43,8 @@ GOLDEN = {
 
 
 def _inputs(name):
+    if name == "weighted_group_mean":
+        return fixture(weights=torch.tensor([3.0, 1.0, 0.0, 0.0]))
     return fixture(confidence=torch.tensor([5.0, 0.0, -1.0, 5.0])) if name == "ace" else fixture()
 
 

@@ -37,6 +37,9 @@ def test_kl_adaptive_dpg_on_real_model(tmp_path):
         "objective.name=dpg", "objective.evidence=constraint", "objective.proposal_every=2",
     ])
     train(cfg)
+    from tiltlm.objectives import OBJECTIVES
+
+    assert OBJECTIVES["dpg"][0](cfg.objective).default_advantage == "weighted_group_mean"  # off-policy baseline
     rows = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     swaps = [r["select/proposal_swapped"] for r in rows]
     assert swaps[0] == 0 and swaps[2] == 0  # only checked every 2 steps

@@ -25,6 +25,7 @@ class AdvantageInputs:
     correct: torch.Tensor | None = None  # [B] bool; defaults to rewards > 0
     confidence: torch.Tensor | None = None  # [B] log pi_old(y) - log pi_ref(y) (ACE)
     prompt_keys: torch.Tensor | None = None  # [B] int64 identity of each row's prompt (stateful estimators)
+    weights: torch.Tensor | None = None  # [B] importance weights pi_theta(y)/q(y) when samples came from a proposal q
 
     @property
     def is_correct(self) -> torch.Tensor:
@@ -60,6 +61,18 @@ def group_mean(x: AdvantageInputs, c: AdvantageConfig) -> torch.Tensor:
     """Dr.GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training"): A_i = r_i - mean_g (no std division)."""
     mean, _, _ = _group_stats(x.rewards, x.group_ids)
     return x.rewards.double() - mean
+
+
+def weighted_group_mean(x: AdvantageInputs, c: AdvantageConfig) -> torch.Tensor:
+    """Off-policy baseline: A_i = r_i - sum_g w r / sum_g w, the self-normalised estimate of E_pi[r] from a proposal's
+    samples (w = pi_theta/q); the loss then weights A by w. Without weights it is the group mean."""
+    if x.weights is None:
+        return group_mean(x, c)
+    _, inv, counts = torch.unique(x.group_ids, return_inverse=True, return_counts=True)
+    w, r = x.weights.double(), x.rewards.double()
+    num = torch.zeros(len(counts), dtype=torch.float64).index_add_(0, inv, w * r)
+    den = torch.zeros(len(counts), dtype=torch.float64).index_add_(0, inv, w)
+    return r - (num / den.clamp(min=1e-300))[inv]
 
 
 def rloo(x: AdvantageInputs, c: AdvantageConfig) -> torch.Tensor:
@@ -163,6 +176,7 @@ ADVANTAGES: dict[str, Callable[[AdvantageInputs, AdvantageConfig], torch.Tensor]
     "group_zscore": group_zscore,
     "group_mean": group_mean,
     "rloo": rloo,
+    "weighted_group_mean": weighted_group_mean,
     "batch_whiten": batch_whiten,
     "group_mean_batch_whiten": group_mean_batch_whiten,
     "group_mean_batch_std": group_mean_batch_std,
@@ -182,7 +196,10 @@ def advantages_for(fn: Callable, batch, signal: torch.Tensor, c: AdvantageConfig
     confidence = None
     if batch.ref_logprobs is not None:
         confidence = ((batch.sample_logprobs - batch.ref_logprobs) * mask).sum(-1)
-    x = AdvantageInputs(signal, batch.group_ids, mask.sum(-1), batch.correct, confidence, batch.prompt_keys)
+    weights = None
+    if batch.policy_logprobs is not None:  # samples from a proposal q: w = pi_theta(y) / q(y)
+        weights = torch.exp(((batch.policy_logprobs - batch.sample_logprobs) * mask).sum(-1))
+    x = AdvantageInputs(signal, batch.group_ids, mask.sum(-1), batch.correct, confidence, batch.prompt_keys, weights)
     return fn(x, c).to(torch.float32)
 
 

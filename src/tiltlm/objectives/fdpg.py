@@ -81,6 +81,10 @@ class FDivergence:
 
     def __post_init__(self) -> None:
         self._f, self._fprime = f_divergence(self.divergence, self.alpha)
+        if self.proposal_every > 0:
+            # off-policy: an unweighted group mean of pseudo-rewards is dominated by samples the policy has left
+            # (p/pi explodes where pi << q) -- baseline with the importance-weighted mean instead
+            self.default_advantage = "weighted_group_mean"
 
     def log_t(self, batch: RolloutBatch, update_z: bool = False) -> torch.Tensor:
         """log pi_theta(y)/p(y) per sequence. On-policy the sampling log-probs are pi_theta's; a batch drawn from a
