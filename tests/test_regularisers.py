@@ -82,3 +82,15 @@ def test_rapo_forward_kl_gradient_spares_tokens_outside_reference_support():
     loss = -((signal - signal.mean()) * logp).mean()  # REINFORCE with the group-mean baseline, rows ~ pi
     loss.backward()
     assert torch.allclose(-logits.grad, -(pi - torch.tensor([0.6, 0.4, 0.0])), atol=1e-5)
+
+
+def test_truncated_sequence_importance_weight():
+    # off-policy f-DPG: the detached sequence weight pi/q = 3 is truncated at 1.5 -> loss -1.5 * A * log pi
+    batch = _rows([0], [math.log(0.1)], [1.0], ref=[math.log(0.1)])
+    batch.advantages = torch.tensor([0.4])
+    logp = torch.tensor([[math.log(0.3)]], requires_grad=True)
+    for cap, weight in [(0.0, 3.0), (1.5, 1.5)]:
+        obj = FDivergence(Target(RewardEvidence(1.0)), "fkl", max_seq_weight=cap)
+        loss, stats = obj.token_loss(logp, batch)
+        assert stats["loss/seq_ratio"].item() == pytest.approx(weight, abs=1e-5)
+        assert loss.item() == pytest.approx(-weight * 0.4 * math.log(0.3), abs=1e-5)

@@ -77,6 +77,7 @@ class ObjectiveConfig:
     divergence: str = f("fkl", "fdpg: fkl | rkl | js | tv | alpha")
     alpha: float = f(0.5, "fdpg: alpha of the alpha-divergence")
     proposal_every: int = f(0, "dpg/fdpg: > 0 samples from a frozen proposal, swapped for the policy when closer to the target (KL-adaptive DPG), checked every N steps")
+    max_seq_weight: float = f(0.0, "dpg/fdpg off-policy: truncate the sequence importance weight pi/q (0 = off)")
     z_estimate: str = f("group", "f-DPG: log Z per prompt group (group) or over all samples seen (running)")
     rehearsal_coef: float = f(0.01, "dph: weight of the divergence to pi0 on its stored samples")
     rehearsal_divergence: str = f("fkl", "dph: generator on rehearsal rows: fkl (KL(pi0||pi)) | js")

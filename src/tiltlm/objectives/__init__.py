@@ -105,7 +105,8 @@ def _fdpg(divergence: str | None) -> Callable[[ObjectiveConfig], Objective]:
             raise TiltError(f"unknown objective.divergence '{div}' (valid: {', '.join([*F_DIVERGENCES, 'alpha'])})")
         if c.z_estimate not in ("group", "running"):
             raise TiltError(f"unknown objective.z_estimate '{c.z_estimate}' (valid: group, running)")
-        return FDivergence(build_target(c), div, c.alpha, c.z_estimate, proposal_every=c.proposal_every)
+        return FDivergence(build_target(c), div, c.alpha, c.z_estimate, proposal_every=c.proposal_every,
+                           max_seq_weight=c.max_seq_weight)
 
     return build
 

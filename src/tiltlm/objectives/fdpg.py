@@ -73,6 +73,7 @@ class FDivergence:
     alpha: float = 0.5
     z_estimate: str = "group"  # group | running
     proposal_every: int = 0  # > 0: sample from a frozen proposal q, replaced by pi_theta when closer (KL-adaptive)
+    max_seq_weight: float = 0.0  # > 0: truncate the sequence importance weight pi/q at this value (biased, lower variance)
     needs: set = field(default_factory=lambda: {"ref"})
     default_advantage: str = "group_mean"
     default_aggregation: str = "seq_mean_token_sum"
@@ -133,5 +134,7 @@ class FDivergence:
     def token_loss(self, logp: torch.Tensor, batch: RolloutBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         # Importance weight of the whole sequence w = pi_theta(y)/q(y), detached (1 on-policy at the first update).
         seq_ratio = torch.exp(((logp.detach() - batch.sample_logprobs) * batch.completion_mask).sum(-1, keepdim=True))
+        if self.max_seq_weight > 0:
+            seq_ratio = seq_ratio.clamp(max=self.max_seq_weight)
         loss = -(seq_ratio * batch.advantages.unsqueeze(-1)).to(logp.dtype) * logp
         return loss, {"loss/seq_ratio": seq_ratio.expand_as(logp)}
