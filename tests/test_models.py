@@ -58,3 +58,10 @@ def test_pickled_weights_are_refused(tmp_path, tiny_model, tokenizer):
     torch.save(tiny_model.state_dict(), d / "pytorch_model.bin")  # a pickle: must never be loaded
     with pytest.raises(TiltError, match="pickled weights are refused"):
         load_model_and_tokenizer(str(d))
+
+
+def test_broken_checkpoint_is_one_line_error(tmp_path, tiny_model, tokenizer):
+    d = save_pretrained_atomic(tiny_model, tokenizer, tmp_path / "m")
+    (d / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    with pytest.raises(TiltError, match="cannot load model from"):
+        load_model_and_tokenizer(str(d))

@@ -95,8 +95,9 @@ def load_model_and_tokenizer(path: str, dtype: torch.dtype = torch.float32):
     try:
         tokenizer = AutoTokenizer.from_pretrained(p, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(p, local_files_only=True, use_safetensors=True, dtype=dtype)
-    except (OSError, ValueError) as e:
-        raise TiltError(f"cannot load model from {path}: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # a broken checkpoint is bad input: one line, not a transformers traceback
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise TiltError(f"cannot load model from {path}: {type(e).__name__}: {first}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
