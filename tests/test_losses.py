@@ -221,7 +221,7 @@ def test_entropy_bonus_golden():
     ent = -(lsm.exp() * lsm).sum().view(1, 1)
     batch = fixture_batch()
     batch.advantages = torch.zeros(4)
-    batch.entropy = ent.expand(4, 3)
+    batch.token_stats = {"entropy": ent.expand(4, 3)}
     obj = ClippedPolicyGradient(entropy_coef=0.01)
     assert obj.token_stats == {"entropy"} and obj.rows_with_gradient(batch).all()
     token_loss, stats = obj.token_loss(torch.full((4, 3), -1.0), batch)

@@ -30,7 +30,7 @@ def _batch(tokens, adv):
         sample_logprobs=PI.log()[torch.tensor(tokens)].view(n, 1), group_ids=torch.zeros(n, dtype=torch.long),
         finished=torch.ones(n, dtype=torch.bool), advantages=torch.tensor(adv),
     )
-    b.minp = minp_stats(lsm, 0.1)
+    b.token_stats = {"minp:0.1": minp_stats(lsm, 0.1)}
     return b
 
 

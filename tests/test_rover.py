@@ -23,7 +23,7 @@ def fixture(mean_now=None, mean_old=None):
         group_ids=torch.zeros(4, dtype=torch.long), finished=torch.ones(4, dtype=torch.bool), rewards=rewards,
         advantages=adv, sample_mean_logsoftmax=torch.zeros(4, 3) if mean_old is None else mean_old,
     )
-    b.mean_logsoftmax = torch.zeros(4, 3) if mean_now is None else mean_now
+    b.token_stats = {"mean_logsoftmax": torch.zeros(4, 3) if mean_now is None else mean_now}
     b.loss_weights = AGGREGATIONS["token_mean"](mask, 0.0)
     return b
 

@@ -26,7 +26,7 @@ def _batch(h: torch.Tensor) -> RolloutBatch:
         sample_logprobs=torch.zeros(n, c), group_ids=torch.zeros(n, dtype=torch.long),
         finished=torch.ones(n, dtype=torch.bool),
     )
-    b.top_p_entropy = h
+    b.token_stats = {"top_p_entropy:0.8": h}
     return b
 
 

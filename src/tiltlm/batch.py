@@ -29,10 +29,9 @@ class RolloutBatch:
     teacher_logprobs: torch.Tensor | None = None  # [B, C] teacher, for distillation objectives
     policy_logprobs: torch.Tensor | None = None  # [B, C] current policy, when samples came from another proposal
     loss_weights: torch.Tensor | None = None  # [B, C] aggregation weights, fixed on the full batch
-    entropy: torch.Tensor | None = None  # [B, C] current-policy entropies, set per micro-batch during the update
-    mean_logsoftmax: torch.Tensor | None = None  # [B, C] current policy's mean log-softmax (ROVER), same
-    top_p_entropy: torch.Tensor | None = None  # [B, C] current policy's top-p entropy (SIREN), same
-    minp: torch.Tensor | None = None  # [B, C, 2] current policy's min-p threshold and kept mass (Lp-Reg), same
+    # the current policy's whole-distribution statistics an objective asked for via ``token_stats`` (entropy,
+    # mean_logsoftmax, top_p_entropy:p, minp:kappa), by name; set per micro-batch during the update
+    token_stats: dict | None = None
     sample_mean_logsoftmax: torch.Tensor | None = None  # [B, C] the sampling policy's, recorded at generation
     sample_entropy: torch.Tensor | None = None  # [B, C] entropy of each sampling distribution
     prompt_keys: torch.Tensor | None = None  # [B] int64 hash of each row's prompt text (per-prompt state)

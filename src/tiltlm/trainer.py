@@ -238,9 +238,7 @@ def update(
     total_loss = 0.0
     for mb in batch.micro_batches(micro_batch_size) if batch.size else []:
         logp, extra = logprob_fn(mb, getattr(objective, "token_stats", set()))
-        mb.entropy, mb.mean_logsoftmax = extra.get("entropy"), extra.get("mean_logsoftmax")
-        mb.top_p_entropy = next((v for k, v in extra.items() if k.startswith("top_p_entropy")), None)
-        mb.minp = next((v for k, v in extra.items() if k.startswith("minp")), None)
+        mb.token_stats = extra
         token_loss, stats = objective.token_loss(logp, mb)
         loss = (token_loss * mb.loss_weights).sum()
         if hasattr(objective, "batch_loss"):  # a regulariser on a micro-batch statistic (SIREN), added once

@@ -40,7 +40,8 @@ class LpReg(ClippedPolicyGradient):
 
     def proxy_logprobs(self, logp: torch.Tensor, batch: RolloutBatch) -> torch.Tensor:
         """log pi_proxy of the sampled token; -inf where the min-p filter dropped it."""
-        log_thr, log_mass = batch.minp[..., 0], batch.minp[..., 1]
+        minp = batch.token_stats[f"minp:{self.kappa}"]
+        log_thr, log_mass = minp[..., 0], minp[..., 1]
         lp = logp.detach()
         return torch.where(lp >= log_thr, lp - log_mass, torch.full_like(lp, -math.inf))
 

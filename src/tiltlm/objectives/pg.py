@@ -89,6 +89,7 @@ class ClippedPolicyGradient:
             if self.kl_placement == "loss":
                 loss = loss + self.beta * (kl * ratio if self.kl_correction else kl)
         if self.entropy_coef > 0:
-            loss = loss - self.entropy_coef * batch.entropy
-            stats["loss/entropy"] = batch.entropy.detach()
+            entropy = batch.token_stats["entropy"]
+            loss = loss - self.entropy_coef * entropy
+            stats["loss/entropy"] = entropy.detach()
         return loss, stats

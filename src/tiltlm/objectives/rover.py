@@ -39,7 +39,7 @@ class Rover:
     def token_loss(self, logp: torch.Tensor, batch: RolloutBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         mask = batch.completion_mask.to(logp.dtype)
         q = self.rho * (logp - batch.sample_logprobs)
-        v = self.rho * (batch.mean_logsoftmax - batch.sample_mean_logsoftmax).detach()
+        v = self.rho * (batch.token_stats["mean_logsoftmax"] - batch.sample_mean_logsoftmax).detach()
         # value of the successor state s_{t+1} (the distribution position t+1 was drawn from), 0 past the end
         next_v = torch.nn.functional.pad(v[:, 1:] * mask[:, 1:], (0, 1))
         target = (batch.advantages.unsqueeze(-1).to(logp.dtype) + self.next_value_scale * next_v).detach()

@@ -49,7 +49,7 @@ class Siren(ClippedPolicyGradient):
         return torch.ones(batch.size, dtype=torch.bool)  # the entropy term reaches every sequence
 
     def selective_entropy(self, batch: RolloutBatch) -> torch.Tensor:
-        h = batch.top_p_entropy
+        h = batch.token_stats[f"top_p_entropy:{self.top_p}"]
         mask = batch.completion_mask.bool()
         total, rows = h.new_zeros(()), 0
         for i in range(h.shape[0]):
