@@ -9,6 +9,7 @@ import dataclasses
 import difflib
 import json
 import os
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -186,7 +187,7 @@ def _sample_pi0(s: Setup, n_prompts: int, seed: int):
     from tiltlm.rollout import decode_completions
 
     c = s.cfg
-    examples = s.task.sample_train(__import__("random").Random(seed), n_prompts)
+    examples = s.task.sample_train(random.Random(seed), n_prompts)
     G = c.rollout.samples_per_prompt
     gen = s.engine.generate([s.tokenizer(e.prompt)["input_ids"] for e in examples], G, c.rollout.max_new_tokens,
                             1.0, torch.Generator(device=s.device).manual_seed(seed))
