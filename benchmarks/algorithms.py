@@ -7,7 +7,7 @@ Each (recipe, seed) is one `tiltlm train configs/<recipe>.yaml` process (as a us
 per step, samples per prompt, learning rate and step count for all. During training a cheap held-out pass@1
 (100 prompts x 4 samples) is logged every 50 steps, for the sample-efficiency curve. Afterwards, in this process:
 pass@1/16/64 from 64 samples on 100 held-out prompts, the mean token entropy and the Monte-Carlo sequence
-KL(pi || base) with its standard error (``tiltlm.evaluate.kl_to_reference``). "train s" is the sum of the logged
+KL(pi || base) with its standard error (``tiltlm.evaluate.evaluate(..., reference=base)``). "train s" is the sum of the logged
 per-step times (generation + scoring + update; evaluation and start-up excluded).
 
 Each (recipe, seed) result is stored as one JSON file under --results as soon as it is measured; a rerun skips
@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from tiltlm.evaluate import evaluate, kl_to_reference
+from tiltlm.evaluate import evaluate
 from tiltlm.models import load_model_and_tokenizer
 from tiltlm.tasks.arithmetic import Arithmetic
 
@@ -42,9 +42,9 @@ def measure(model_dir: str, base, tokenizer, seed: int) -> dict:
     task = Arithmetic(1, 3)
     examples = task.heldout(100)
     r = evaluate(model, tokenizer, task, examples, 64, [1, 16, 64], 8, seed=10_000 + seed, greedy=False)
-    kl, se, ent = kl_to_reference(model, base, tokenizer, examples[:50], 16, 8, seed=seed)
-    return {"pass@1": r.pass_at[1], "pass@16": r.pass_at[16], "pass@64": r.pass_at[64], "kl": kl, "kl_se": se,
-            "entropy": ent}
+    kl = evaluate(model, tokenizer, task, examples[:50], 16, [1], 8, seed=seed, greedy=False, reference=base)
+    return {"pass@1": r.pass_at[1], "pass@16": r.pass_at[16], "pass@64": r.pass_at[64], "kl": kl.kl_to_ref,
+            "kl_se": kl.kl_to_ref_se, "entropy": kl.entropy}
 
 
 def training_record(metrics_file: Path, prompts: int, samples: int) -> dict:

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 SMALL = ["train.steps=2", "rollout.prompts_per_step=4", "rollout.samples_per_prompt=4", "eval.prompts=4",
          "eval.samples=4", "eval.k=[1,4]", "log.progress=false"]
@@ -52,7 +53,67 @@ def test_eval_command_writes_json(tmp_path):
     assert out.returncode == 0, out.stderr
     res = json.loads((tmp_path / "e.json").read_text())
     assert res["n_prompts"] == 10 and 0 <= res["pass@1"] <= res["pass@8"] <= 1
-    assert "pass@8" in out.stdout and "greedy" in out.stdout
+    assert "pass@k" in out.stdout and "maj@k" in out.stdout and "greedy" in out.stdout
+    assert res["kl_to_ref"] is None and set(res["pass_at"]) == {"1", "8"}
+
+
+def test_eval_default_grid_and_kl_to_reference(tmp_path):
+    out = tiltlm("eval", "embedded", "--samples", "8", "--prompts", "6", "--reference", "embedded",
+                 "--json-out", str(tmp_path / "e.json"))
+    assert out.returncode == 0, out.stderr
+    res = json.loads((tmp_path / "e.json").read_text())
+    assert list(res["pass_at"]) == list(res["maj_at"]) == list(res["mean_at"]) == ["1", "2", "4", "8"]
+    assert abs(res["kl_to_ref"]) < 1e-5 and "KL(model || embedded) = " in out.stdout  # same model: exactly 0
+    assert res["distinct_answers"] >= res["distinct_correct_answers"] >= 0 and 0 < res["distinct_2"] <= 1
+
+
+def test_compare_two_saved_models(tmp_path, tokenizer):
+    """`tiltlm compare` on two tiny models saved locally: curves, crossover, support counts, forgetting, plots."""
+    from tiltlm.metrics import crossover_k
+    from tiltlm.models import load_model_and_tokenizer, save_pretrained_atomic
+
+    base, tok = load_model_and_tokenizer("embedded")
+    save_pretrained_atomic(base, tok, tmp_path / "base")
+    with torch.no_grad():  # a damaged copy: it loses prompts the base solves (support shrinkage)
+        for p in base.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(0)))
+    save_pretrained_atomic(base, tok, tmp_path / "tuned")
+    out = tiltlm("compare", str(tmp_path / "base"), str(tmp_path / "tuned"), "task.max_digits=2", "--samples", "8",
+                 "--prompts", "12", "--family", "{name: arithmetic, min_digits: 3, max_digits: 3}",
+                 "--out", str(tmp_path / "cmp"))
+    assert out.returncode == 0, out.stderr
+    res = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert res["ks"] == [1, 2, 4, 8]
+    b, t = res["pass_at"]["base"], res["pass_at"]["tuned"]
+    assert res["crossover_k"] == crossover_k(res["ks"], b, t)
+    sup = res["support"]
+    assert sum(sup.values()) == 12
+    base_c, tuned_c = res["base"]["per_prompt_correct"], res["tuned"]["per_prompt_correct"]
+    assert sup["shrunk"] == sum(x > 0 and y == 0 for x, y in zip(base_c, tuned_c))
+    assert res["success_rate"]["base"] == [c / 8 for c in base_c]
+    assert b[-1] == pytest.approx(sum(c > 0 for c in base_c) / 12)  # pass@n = fraction solved at least once
+    assert res["tuned"]["kl_to_ref"] > 0 and "crossover k:" in out.stdout and "support" in out.stdout
+    (row,) = res["forgetting"]
+    assert row["family"] == "arithmetic(min_digits=3)" and row["prompts"] == 12
+    assert row["change"] == pytest.approx(row["tuned"] - row["base"]) and row["se"] >= 0
+    for png in ("passk.png", "scatter.png"):
+        assert (tmp_path / "cmp" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_bad_family_is_one_line(tmp_path):
+    proc = tiltlm("compare", "embedded", "embedded", "--family", "{name: arithmetic, min_digits: [", "--out",
+                  str(tmp_path / "c"))
+    assert_one_line_error(proc, "--family[0]", "not a YAML mapping")
+    assert not (tmp_path / "c").exists()
+
+
+def test_missing_wandb_is_an_error_before_the_run_dir_exists(tmp_path, monkeypatch, capsys):
+    from tiltlm.cli import main
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if wandb were not installed
+    code = main(["train", f"log.run_dir={tmp_path / 'runs'}", "log.wandb_project=p", *SMALL])
+    assert code == 2 and "wandb" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
 
 
 def _bad_jsonl(tmp_path, text):
@@ -62,7 +123,7 @@ def _bad_jsonl(tmp_path, text):
 
 
 @pytest.mark.parametrize("case", ["missing_model", "malformed_yaml", "unknown_key", "empty_dataset", "no_answer",
-                                  "bad_type", "unknown_objective", "bad_k"])
+                                  "bad_type", "unknown_objective", "bad_k", "bad_family"])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, case):
     runs = tmp_path / "runs"
     args = ["train", f"log.run_dir={runs}", *SMALL]
@@ -94,6 +155,9 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, case):
     elif case == "bad_k":
         args.append("eval.k=[1,64]")
         needles = ("eval.k",)
+    elif case == "bad_family":
+        args.append("eval.forgetting=[{name: arithmetic, max_digit: 2}]")
+        needles = ("unknown config key 'eval.forgetting[0].max_digit'", "max_digits")
     proc = tiltlm(*args)
     assert_one_line_error(proc, *needles)
     assert not runs.exists() or not any(runs.iterdir())

@@ -2,7 +2,9 @@
 batch, and leaving zero-gradient rows out of the backward changes nothing but the cost."""
 
 import json
+from pathlib import Path
 
+import pytest
 import torch
 
 from tiltlm.config import load_config
@@ -143,3 +145,25 @@ def test_dynamic_sampling_fills_the_batch_with_informative_groups(tmp_path):
     assert len(rows) == 3 and any(m["rollout/generation_rounds"] > 1 for m in rows)
     # every kept group has mixed rewards, so no row is skipped for a zero advantage
     assert all(m["rollout/rows_trained"] == 32 for m in rows)
+
+
+def test_eval_files_kl_to_base_and_forgetting_are_written(tmp_path):
+    """Start/final evaluations land in eval_*.json; KL to the base starts at 0 and grows; the families never trained
+    on are evaluated before and after, with the change and its standard error in forgetting.json."""
+    cfg = load_config(None, [*TINY, f"log.run_dir={tmp_path}", "train.steps=4", "eval.prompts=6", "eval.samples=4",
+                             "eval.every=2", "optim.lr=3e-3", "eval.forgetting=[{name: arithmetic, min_digits: 3}]",
+                             "eval.forgetting_prompts=5"])
+    r = train(cfg)
+    start, final = (json.loads(Path(r.run_dir, f"eval_{n}.json").read_text()) for n in ("start", "final"))
+    assert start["step"] == 0 and final["step"] == 4 and list(final["pass_at"]) == ["1", "2", "4"]
+    evals = [m for m in _metrics(r.run_dir) if "eval/kl_to_base" in m]
+    assert [m["step"] for m in evals] == [0, 2, 4]
+    assert abs(evals[0]["eval/kl_to_base"]) < 1e-5 and evals[-1]["eval/kl_to_base"] > 0
+    (row,) = json.loads(Path(r.run_dir, "forgetting.json").read_text())["families"]
+    assert row == r.forgetting[0] and row["family"] == "arithmetic(min_digits=3)" and row["prompts"] == 5
+    assert row["change"] == pytest.approx(row["tuned"] - row["base"])
+
+
+def test_no_reference_model_when_kl_to_base_is_off():
+    assert prepare(load_config(None, [*TINY, "eval.prompts=4", "eval.kl_to_base=false"])).reference is None
+    assert prepare(load_config(None, [*TINY, "eval.prompts=4"])).reference is not None

@@ -1,4 +1,4 @@
-"""The ``tiltlm`` command line: quickstart | pretrain | train | eval | algorithms | config.
+"""The ``tiltlm`` command line: quickstart | pretrain | train | eval | compare | report | algorithms | config.
 
 Bad input is reported as one line (``tiltlm: error: ...``) with exit code 2 and no traceback; set TILTLM_DEBUG=1
 to see the traceback.
@@ -15,7 +15,12 @@ from pathlib import Path
 
 from tiltlm.errors import TiltError
 
-QUICKSTART_OVERRIDES: list[str] = []  # the dataclass defaults *are* the quickstart recipe
+# The dataclass defaults are the quickstart recipe; on top, a forgetting probe: 1-digit two-term chain sums from
+# reasoning-gym (incl. subtraction, never trained on; the base solves ~30% of them).
+QUICKSTART_OVERRIDES: list[str] = [
+    "eval.forgetting=[{name: reasoning_gym, dataset: chain_sum, "
+    "options: {min_terms: 2, max_terms: 2, min_digits: 1, max_digits: 1}}]",
+]
 
 
 def _split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
@@ -45,7 +50,9 @@ def cmd_train(ns: argparse.Namespace) -> int:
     cfg = load_config(path, overrides)
     result = train(cfg)
     _print_before_after(result)
-    print(f"run directory: {result.run_dir}")
+    if result.forgetting:
+        _print_forgetting(result.forgetting)
+    print(f"run directory: {result.run_dir}  (plots: tiltlm report {result.run_dir})")
     return 0
 
 
@@ -72,6 +79,12 @@ def _print_before_after(result) -> None:
     _console().print(table)
 
 
+def _print_forgetting(rows: list[dict]) -> None:
+    for row in rows:
+        print(f"forgetting {row['family']}: {row['base']:.3f} -> {row['tuned']:.3f} "
+              f"({row['change'] * 100:+.1f} ± {row['se'] * 100:.1f} pts over {row['prompts']} prompts)")
+
+
 def cmd_quickstart(ns: argparse.Namespace) -> int:
     from tiltlm.config import load_config
     from tiltlm.run import write_atomic
@@ -94,9 +107,15 @@ def cmd_quickstart(ns: argparse.Namespace) -> int:
         "base": result.base_eval.as_dict() if result.base_eval else None,
         "tuned": result.final_eval.as_dict() if result.final_eval else None,
     }
+    if result.forgetting:
+        summary["forgetting"] = result.forgetting
+        _print_forgetting(result.forgetting)
     write_atomic(Path(result.run_dir) / "quickstart.json", json.dumps(summary, indent=2))
     print(f"wall time {wall:.0f}s (training {result.train_seconds:.0f}s)")
     print(f"run directory: {result.run_dir}  (final model: {result.run_dir}/final)")
+    from tiltlm.report import build_report
+
+    print(f"report: {build_report(result.run_dir)}")
     return 0
 
 
@@ -109,51 +128,131 @@ def cmd_pretrain(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_ks(text: str) -> list[int]:
+def _parse_ks(text: str, samples: int) -> list[int] | None:
+    """``auto`` -> None (1, 2, 4, ..., samples); otherwise comma-separated integers in 1..samples."""
+    if text == "auto":
+        return None
     try:
         ks = [int(k) for k in text.split(",") if k.strip()]
     except ValueError:
-        raise TiltError(f"--k expects comma-separated integers, got '{text}'") from None
+        raise TiltError(f"--k expects 'auto' or comma-separated integers, got '{text}'") from None
     if not ks:
         raise TiltError("--k needs at least one value")
+    if any(k > samples or k < 1 for k in ks):
+        raise TiltError(f"--k values must be in 1..--samples ({samples}), got {ks}")
     return ks
+
+
+def _task_from_options(name: str, options: list[str]):
+    from tiltlm.config import TaskConfig, _build, parse_override
+    from tiltlm.tasks import build_task
+
+    fields: dict = {"name": name}
+    for text in options:
+        key, value = parse_override(text)
+        fields[key.removeprefix("task.")] = value
+    return build_task(_build(TaskConfig, fields, "task.")), fields
+
+
+def _heldout(task, name: str, prompts: int) -> list:
+    examples = task.heldout(prompts)
+    if not examples:
+        raise TiltError(f"task '{name}' has no held-out examples")
+    return examples
 
 
 def cmd_eval(ns: argparse.Namespace) -> int:
     import torch
     from rich.table import Table
 
-    from tiltlm.config import TaskConfig, _build, parse_override
     from tiltlm.evaluate import evaluate
     from tiltlm.models import load_model_and_tokenizer
     from tiltlm.run import write_atomic
-    from tiltlm.tasks import build_task
 
-    ks = _parse_ks(ns.k)
-    if any(k > ns.samples or k < 1 for k in ks):
-        raise TiltError(f"--k values must be in 1..--samples ({ns.samples}), got {ks}")
-    task_fields: dict = {"name": ns.task}
-    for text in ns.task_options:
-        key, value = parse_override(text)
-        task_fields[key.removeprefix("task.")] = value
-    task = build_task(_build(TaskConfig, task_fields, "task."))
+    ks = _parse_ks(ns.k, ns.samples)
+    task, task_fields = _task_from_options(ns.task, ns.task_options)
     torch.set_num_threads(ns.threads)
-    examples = task.heldout(ns.prompts)
-    if not examples:
-        raise TiltError(f"task '{ns.task}' has no held-out examples")
+    examples = _heldout(task, ns.task, ns.prompts)
     model, tokenizer = load_model_and_tokenizer(ns.model)
-    result = evaluate(model, tokenizer, task, examples, ns.samples, ks, ns.max_new_tokens, ns.temperature, seed=ns.seed)
-    table = Table(title=f"{ns.model} on {ns.task}: {result.n_prompts} held-out prompts x {ns.samples} samples")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k, v in result.pass_at.items():
-        table.add_row(f"pass@{k}", f"{v:.4f}")
-    table.add_row("mean reward", f"{result.mean_reward:.4f}")
-    table.add_row("greedy accuracy", f"{result.greedy_accuracy:.4f}")
+    reference = load_model_and_tokenizer(ns.reference)[0] if ns.reference else None
+    r = evaluate(model, tokenizer, task, examples, ns.samples, ks, ns.max_new_tokens, ns.temperature, seed=ns.seed,
+                 reference=reference)
+    table = Table(title=f"{ns.model} on {ns.task}: {r.n_prompts} held-out prompts x {ns.samples} samples")
+    for col in ("k", "pass@k", "mean@k", "maj@k"):
+        table.add_column(col, justify="right")
+    for k in r.pass_at:
+        table.add_row(str(k), f"{r.pass_at[k]:.4f}", f"{r.mean_at[k]:.4f}", f"{r.maj_at[k]:.4f}")
     _console().print(table)
-    out = {"model": ns.model, "task": task_fields, "temperature": ns.temperature, "seed": ns.seed, **result.as_dict()}
+    lines = [
+        f"mean reward {r.mean_reward:.4f}   greedy accuracy {r.greedy_accuracy:.4f}   "
+        f"mean token entropy {r.entropy:.4f} nats",
+        f"per prompt: {r.distinct_answers:.2f} distinct answers, {r.distinct_correct_answers:.2f} distinct correct; "
+        f"distinct-1 {r.distinct_1:.3f}, distinct-2 {r.distinct_2:.3f}",
+    ]
+    if r.kl_to_ref is not None:
+        lines.append(f"KL(model || {ns.reference}) = {r.kl_to_ref:.4f} ± {r.kl_to_ref_se:.4f} nats per sequence (MC, 1 SE)")
+    print("\n".join(lines))
+    out = {"model": ns.model, "reference": ns.reference, "task": task_fields, "temperature": ns.temperature,
+           "seed": ns.seed, **r.as_dict()}
     write_atomic(Path(ns.json_out), json.dumps(out, indent=2))
     print(f"wrote {ns.json_out}")
+    return 0
+
+
+def cmd_compare(ns: argparse.Namespace) -> int:
+    import torch
+    from rich.table import Table
+
+    from tiltlm.compare import (
+        build_families,
+        compare,
+        evaluate_families,
+        forgetting_rows,
+        plot_comparison,
+        write_json,
+    )
+    from tiltlm.models import load_model_and_tokenizer
+
+    task, task_fields = _task_from_options(ns.task, ns.task_options)
+    families = build_families(ns.family, "--family")
+    torch.set_num_threads(ns.threads)
+    examples = _heldout(task, ns.task, ns.prompts)
+    base, tokenizer = load_model_and_tokenizer(ns.base)
+    tuned, tuned_tok = load_model_and_tokenizer(ns.tuned)
+    if tuned_tok.get_vocab() != tokenizer.get_vocab():
+        raise TiltError(f"'{ns.base}' and '{ns.tuned}' have different tokenizers; compare needs one vocabulary")
+    cmp = compare(base, tuned, tokenizer, task, examples, ns.samples, ns.max_new_tokens, ns.temperature, ns.seed)
+    table = Table(title=f"{ns.task}: {len(examples)} held-out prompts x {ns.samples} samples, seed {ns.seed}")
+    for col in ("k", "base pass@k", "tuned pass@k", "change"):
+        table.add_column(col, justify="right")
+    for k in cmp.ks:
+        b, t = cmp.base.pass_at[k], cmp.tuned.pass_at[k]
+        table.add_row(str(k), f"{b:.4f}", f"{t:.4f}", f"{(t - b) * 100:+.1f} pts")
+    _console().print(table)
+    sup = cmp.support
+    print(f"crossover k: {cmp.crossover if cmp.crossover else 'none (the order of the curves never flips)'}")
+    print(f"support (solved at least once in {ns.samples}): preserved {sup['preserved']}, shrunk {sup['shrunk']} "
+          f"(base only), expanded {sup['expanded']} (tuned only), unsolved {sup['unsolved']}")
+    print(f"KL(tuned || base) = {cmp.tuned.kl_to_ref:.4f} ± {cmp.tuned.kl_to_ref_se:.4f} nats per sequence")
+    result = {"base": ns.base, "tuned": ns.tuned, "task": task_fields, "seed": ns.seed, **cmp.as_dict()}
+    if families:
+        rows = forgetting_rows(
+            *(evaluate_families(m, tokenizer, families, ns.prompts, ns.samples, ns.max_new_tokens, ns.temperature,
+                                ns.seed) for m in (base, tuned)))
+        _print_forgetting(rows)
+        result["forgetting"] = rows
+    out = Path(ns.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "compare.json", result)
+    plots = plot_comparison(cmp, out, ("base", "tuned"))
+    print(f"wrote {out / 'compare.json'}, {', '.join(str(p) for p in plots)}")
+    return 0
+
+
+def cmd_report(ns: argparse.Namespace) -> int:
+    from tiltlm.report import build_report
+
+    print(build_report(ns.run_dir, ns.out))
     return 0
 
 
@@ -212,12 +311,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value ...]")
     t.set_defaults(fn=cmd_train)
 
-    e = sub.add_parser("eval", help="pass@k (unbiased), mean reward and greedy accuracy on held-out prompts")
+    e = sub.add_parser("eval", help="pass@k/mean@k/maj@k, diversity, entropy, KL to a reference on held-out prompts")
     e.add_argument("model", help="'embedded' or a local Hugging Face model directory")
     e.add_argument("--task", default="arithmetic", help="task name (arithmetic | jsonl | reasoning_gym)")
     e.add_argument("task_options", nargs="*", help="task options, e.g. task.path=data.jsonl task.max_digits=2")
     e.add_argument("--samples", type=int, default=64)
-    e.add_argument("--k", default="1,4,16,64")
+    e.add_argument("--k", default="auto", help="'auto' = 1,2,4,...,samples, or e.g. 1,4,16")
+    e.add_argument("--reference", default=None, help="model to measure KL(model || reference) against, e.g. embedded")
     e.add_argument("--prompts", type=int, default=200)
     e.add_argument("--max-new-tokens", type=int, default=8)
     e.add_argument("--temperature", type=float, default=1.0)
@@ -226,12 +326,34 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json-out", default="eval.json")
     e.set_defaults(fn=cmd_eval)
 
+    cp = sub.add_parser("compare", help="base vs tuned: pass@k curves + crossover, support change, forgetting")
+    cp.add_argument("base", help="'embedded' or a local Hugging Face model directory")
+    cp.add_argument("tuned", help="a local model directory, e.g. RUN_DIR/final")
+    cp.add_argument("--task", default="arithmetic", help="task name (arithmetic | jsonl | reasoning_gym)")
+    cp.add_argument("task_options", nargs="*", help="task options, e.g. task.max_digits=2")
+    cp.add_argument("--family", action="append", default=[],
+                    help="a task family not trained on, for forgetting, e.g. '{name: reasoning_gym, dataset: chain_sum}' "
+                         "(repeatable)")
+    cp.add_argument("--samples", type=int, default=64)
+    cp.add_argument("--prompts", type=int, default=200)
+    cp.add_argument("--max-new-tokens", type=int, default=8)
+    cp.add_argument("--temperature", type=float, default=1.0)
+    cp.add_argument("--seed", type=int, default=0)
+    cp.add_argument("--threads", type=int, default=1)
+    cp.add_argument("--out", default="compare", help="directory for compare.json, passk.png, scatter.png")
+    cp.set_defaults(fn=cmd_compare)
+
     pt = sub.add_parser("pretrain", help="(re)build the embedded base model by supervised learning on a+b")
     pt.add_argument("--out", required=True)
     pt.add_argument("--steps", type=int, default=PretrainConfig.steps)
     pt.add_argument("--seed", type=int, default=0)
     pt.add_argument("--threads", type=int, default=1)
     pt.set_defaults(fn=cmd_pretrain)
+
+    r = sub.add_parser("report", help="HTML report of a run directory: training curves, base vs tuned pass@k")
+    r.add_argument("run_dir", metavar="RUN_DIR")
+    r.add_argument("--out", default=None, metavar="DIR", help="output directory (default: RUN_DIR/report)")
+    r.set_defaults(fn=cmd_report)
 
     a = sub.add_parser("algorithms", help="list registered objectives, advantages, aggregations")
     a.set_defaults(fn=cmd_algorithms)
@@ -248,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     ns, extra = parser.parse_known_args(argv)
     if extra:  # key=value task options may come after --flags (argparse cannot intermix positionals)
-        if ns.command == "eval" and all("=" in e and not e.startswith("-") for e in extra):
+        if ns.command in ("eval", "compare") and all("=" in e and not e.startswith("-") for e in extra):
             ns.task_options += extra
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")

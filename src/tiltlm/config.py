@@ -164,8 +164,12 @@ class EvalConfig:
     every: int = f(100, "held-out evaluation every N steps (0 = only at the start and the end)")
     prompts: int = f(200, "held-out prompts per evaluation")
     samples: int = f(16, "samples per held-out prompt")
-    k: list = f([1, 4, 16], "pass@k values reported")
+    k: list = f([], "pass@k values reported ([] = 1, 2, 4, ..., eval.samples)")
     temperature: float = f(1.0, "sampling temperature for evaluation")
+    kl_to_base: bool = f(True, "also estimate KL(pi || base) on the held-out samples (keeps a frozen copy of the base)")
+    forgetting: list = f([], "task mappings not trained on, e.g. {name: reasoning_gym, dataset: chain_sum}, "
+                             "evaluated before and after training -> forgetting.json")
+    forgetting_prompts: int = f(100, "held-out prompts per forgetting family")
 
 
 @dataclass
@@ -179,6 +183,17 @@ class LogConfig:
     run_dir: str = f("runs", "parent directory of run directories")
     run_name: str = f("", "run directory name (default: <objective>-<timestamp>)")
     progress: bool = f(True, "show a live progress bar")
+    # str | bool: YAML 1.1 reads a bare `on` / `off` as true / false
+    tensorboard: str | bool = f(
+        "auto", "auto | on | off: write TensorBoard event files to RUN_DIR/tb (auto = when tensorboard is installed)"
+    )
+    wandb_project: str = f("", "log to Weights & Biases under this project (needs wandb installed)")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tensorboard, bool):
+            self.tensorboard = "on" if self.tensorboard else "off"
+        if self.tensorboard not in ("auto", "on", "off"):
+            raise TiltError(f"unknown log.tensorboard '{self.tensorboard}' (valid: auto, on, off)")
 
 
 @dataclass

@@ -19,9 +19,11 @@ from typing import Any
 import torch
 
 from tiltlm.advantages import ADVANTAGE_NEEDS, ADVANTAGES, make_advantage
+from tiltlm.compare import build_families, evaluate_families, forgetting_rows
 from tiltlm.config import Config, dump_config
 from tiltlm.errors import TiltError
 from tiltlm.evaluate import EvalResult, evaluate
+from tiltlm.loggers import ExtraLoggers, check_loggers
 from tiltlm.logprobs import sequence_logprobs
 from tiltlm.models import load_model_and_tokenizer, save_pretrained_atomic
 from tiltlm.objectives import AGGREGATIONS, KL_ESTIMATORS, OBJECTIVES, Objective
@@ -93,6 +95,7 @@ class Setup:
     proposal: torch.nn.Module | None = None  # frozen sampling policy q != pi_theta (KL-adaptive DPG)
     needs: set = dataclasses.field(default_factory=set)  # extra log-probs for the objective and the advantage
     teacher: torch.nn.Module | None = None  # frozen teacher for distillation objectives
+    families: list = dataclasses.field(default_factory=list)  # (label, Task) never trained on: forgetting
 
     @property
     def params(self) -> list[torch.nn.Parameter]:
@@ -127,6 +130,7 @@ def lr_lambda(warmup: int, total: int, schedule: str) -> Callable[[int], float]:
 def prepare(cfg: Config) -> Setup:
     """Resolve every choice from its registry and load everything; raises TiltError on any bad input."""
     _check_positive(cfg)
+    check_loggers(cfg)
     build_objective, _ = pick(OBJECTIVES, cfg.objective.name, "objective.name")
     pick(KL_ESTIMATORS, cfg.objective.kl_estimator, "objective.kl_estimator")
     objective = build_objective(cfg.objective)
@@ -146,12 +150,13 @@ def prepare(cfg: Config) -> Setup:
     torch.manual_seed(cfg.train.seed)
 
     task = build_task(cfg.task)
+    families = build_families(cfg.eval.forgetting)
     if cfg.eval.prompts > 0 and not task.heldout(cfg.eval.prompts):
         raise TiltError(f"task '{cfg.task.name}' has no held-out examples to evaluate on")
     model, tokenizer = load_model_and_tokenizer(cfg.model.path, dtype)
     model.to(device)
     reference = None
-    if "ref" in needs:
+    if "ref" in needs or (cfg.eval.prompts > 0 and cfg.eval.kl_to_base):
         reference, _ = load_model_and_tokenizer(cfg.model.path, dtype)
         reference.to(device).eval().requires_grad_(False)
     teacher = None
@@ -173,7 +178,7 @@ def prepare(cfg: Config) -> Setup:
         proposal = teacher  # off-policy: rollouts come from the teacher and are never swapped
     engine = engine_cls(proposal or model, tokenizer.eos_token_id, tokenizer.pad_token_id)
     s = Setup(cfg, task, model, tokenizer, reference, engine, objective, advantage, aggregate, constant,
-              optimizer, scheduler, device, proposal=proposal, needs=needs, teacher=teacher)
+              optimizer, scheduler, device, proposal=proposal, needs=needs, teacher=teacher, families=families)
     if getattr(objective, "needs_rehearsal", False):
         s.rehearsal_pool = build_rehearsal_pool(s)
     target = getattr(objective, "target", None)
@@ -227,6 +232,7 @@ class Run:
     def __init__(self, cfg: Config, path: Path):
         self.cfg, self.dir = cfg, path
         self.eval_at_start = True
+        self._loggers = ExtraLoggers(cfg, path)  # TensorBoard / wandb, when enabled (before opening metrics.jsonl)
         self._metrics = (path / "metrics.jsonl").open("a", encoding="utf-8")
 
     @classmethod
@@ -244,19 +250,36 @@ class Run:
     def log(self, metrics: dict) -> None:
         self._metrics.write(json.dumps(metrics) + "\n")
         self._metrics.flush()
+        self._loggers.log(metrics)
 
-    def evaluate(self, s: Setup, step: int, log: bool = True) -> EvalResult:
+    def evaluate(self, s: Setup, step: int, log: bool = True, name: str | None = None) -> EvalResult:
+        """Held-out evaluation (same prompts and seed every time); ``name`` also writes ``eval_<name>.json``."""
         c = self.cfg
         result = evaluate(
-            s.model, s.tokenizer, s.task, s.task.heldout(c.eval.prompts), c.eval.samples, list(c.eval.k),
+            s.model, s.tokenizer, s.task, s.task.heldout(c.eval.prompts), c.eval.samples, list(c.eval.k) or None,
             c.rollout.max_new_tokens, c.eval.temperature, seed=c.train.seed + 10_000,
+            reference=s.reference if c.eval.kl_to_base else None,
         )
         if log:
             self.log({"step": step, **result.as_metrics()})
+        if name:
+            write_atomic(self.dir / f"eval_{name}.json", json.dumps({"step": step, **result.as_dict()}, indent=1))
         return result
+
+    def families_success(self, s: Setup) -> dict[str, list[float]]:
+        """Per-prompt success rates on the task families never trained on (``eval.forgetting``)."""
+        c = self.cfg
+        return evaluate_families(s.model, s.tokenizer, s.families, c.eval.forgetting_prompts, c.eval.samples,
+                                 c.rollout.max_new_tokens, c.eval.temperature, seed=c.train.seed + 20_000)
+
+    def write_forgetting(self, before: dict[str, list[float]], after: dict[str, list[float]]) -> list[dict]:
+        rows = forgetting_rows(before, after)
+        write_atomic(self.dir / "forgetting.json", json.dumps({"families": rows}, indent=1))
+        return rows
 
     def save_final(self, s: Setup) -> Path:
         self._metrics.close()
+        self._loggers.close()
         return save_pretrained_atomic(s.model, s.tokenizer, self.dir / "final")
 
     def progress(self, progress) -> contextlib.AbstractContextManager:

@@ -47,6 +47,7 @@ class TrainResult:
     final_eval: EvalResult | None
     history: list[dict] = field(default_factory=list)
     train_seconds: float = 0.0
+    forgetting: list[dict] | None = None  # one row per eval.forgetting family: base, tuned, change, se
 
 
 def train(cfg: Config, progress=None) -> TrainResult:
@@ -56,7 +57,8 @@ def train(cfg: Config, progress=None) -> TrainResult:
     sampler_rng = torch.Generator(device=s.device).manual_seed(cfg.train.seed)
     P = cfg.rollout.prompts_per_step
     shaping = dataclasses.replace(cfg.shaping, overlong_max=cfg.shaping.overlong_max or cfg.rollout.max_new_tokens)
-    base_eval = run.evaluate(s, step=0) if cfg.eval.prompts > 0 and run.eval_at_start else None
+    base_eval = run.evaluate(s, step=0, name="start") if cfg.eval.prompts > 0 and run.eval_at_start else None
+    families_before = run.families_success(s) if s.families else None  # forgetting: families never trained on
     history, t_start, step = [], time.perf_counter(), 0
 
     def policy_logprobs(mb: RolloutBatch, stats: set) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -130,9 +132,10 @@ def train(cfg: Config, progress=None) -> TrainResult:
             if cfg.train.time_budget_s and time.perf_counter() - t_start > cfg.train.time_budget_s:
                 break
     train_seconds = time.perf_counter() - t_start
-    final_eval = run.evaluate(s, step) if cfg.eval.prompts > 0 else None
+    final_eval = run.evaluate(s, step, name="final") if cfg.eval.prompts > 0 else None
+    forgetting = run.write_forgetting(families_before, run.families_success(s)) if families_before else None
     run.save_final(s)
-    return TrainResult(str(run.dir), step, base_eval, final_eval, history, train_seconds)
+    return TrainResult(str(run.dir), step, base_eval, final_eval, history, train_seconds, forgetting)
 
 
 def generate_and_score(s: Setup, rng: random.Random, sampler_rng: torch.Generator, n_prompts: int, shaping,
