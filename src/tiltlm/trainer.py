@@ -117,6 +117,8 @@ def train(cfg: Config, progress=None) -> TrainResult:
                 "rollout/rows_trained": int(rows.sum()),
                 "adv/mean": batch.advantages.mean().item(),
                 "adv/abs_mean": batch.advantages.abs().mean().item(),
+                "adv/std": batch.advantages.std().item() if batch.size > 1 else 0.0,
+                "adv/zero_frac": (batch.advantages == 0).float().mean().item(),  # rows that cannot move the policy
                 **update_stats,
                 "optim/lr": s.scheduler.get_last_lr()[0],
                 "select/proposal_swapped": float(swapped),
