@@ -86,8 +86,8 @@ def _print_forgetting(rows: list[dict]) -> None:
 
 
 def cmd_quickstart(ns: argparse.Namespace) -> int:
+    from tiltlm.atomic import write_atomic
     from tiltlm.config import load_config
-    from tiltlm.run import write_atomic
     from tiltlm.trainer import train
 
     cfg = load_config(None, QUICKSTART_OVERRIDES + list(ns.overrides))
@@ -165,9 +165,9 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     import torch
     from rich.table import Table
 
+    from tiltlm.atomic import write_atomic
     from tiltlm.evaluate import evaluate
     from tiltlm.models import load_model_and_tokenizer
-    from tiltlm.run import write_atomic
 
     ks = _parse_ks(ns.k, ns.samples)
     task, task_fields = _task_from_options(ns.task, ns.task_options)
@@ -203,14 +203,8 @@ def cmd_compare(ns: argparse.Namespace) -> int:
     import torch
     from rich.table import Table
 
-    from tiltlm.compare import (
-        build_families,
-        compare,
-        evaluate_families,
-        forgetting_rows,
-        plot_comparison,
-        write_json,
-    )
+    from tiltlm.atomic import write_atomic
+    from tiltlm.compare import build_families, compare, evaluate_families, forgetting_rows, plot_comparison
     from tiltlm.models import load_model_and_tokenizer
 
     task, task_fields = _task_from_options(ns.task, ns.task_options)
@@ -243,7 +237,7 @@ def cmd_compare(ns: argparse.Namespace) -> int:
         result["forgetting"] = rows
     out = Path(ns.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "compare.json", result)
+    write_atomic(out / "compare.json", json.dumps(result, indent=2))
     plots = plot_comparison(cmp, out, ("base", "tuned"))
     print(f"wrote {out / 'compare.json'}, {', '.join(str(p) for p in plots)}")
     return 0

@@ -11,13 +11,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from tiltlm.atomic import write_atomic
 from tiltlm.config import TaskConfig, _build
 from tiltlm.errors import TiltError
 from tiltlm.evaluate import EvalResult, evaluate
@@ -114,45 +114,17 @@ def compare(base_model, tuned_model, tokenizer, task: Task, examples: list, samp
 
 
 def plot_comparison(cmp: Comparison, out_dir: Path, names: tuple[str, str] = ("base", "tuned")) -> list[Path]:
-    """pass@k curves (log2 k) side by side and the per-prompt success-rate scatter, as PNG files."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """pass@k curves side by side and the per-prompt success-rate scatter, as PNG files."""
+    from tiltlm.report import figure, pass_at_k_plot, png_bytes
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for name, r in zip(names, (cmp.base, cmp.tuned)):
-        ax.plot(cmp.ks, [r.pass_at[k] for k in cmp.ks], marker="o", label=name)
-    if cmp.crossover:
-        ax.axvline(cmp.crossover, color="grey", ls=":", label=f"crossover k={cmp.crossover}")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(cmp.ks, [str(k) for k in cmp.ks])
-    ax.set(xlabel="k", ylabel="pass@k", title=f"pass@k, {cmp.base.n_prompts} held-out prompts")
-    ax.legend()
-    paths.append(_save(fig, out_dir / "passk.png"))
-    fig, ax = plt.subplots(figsize=(4, 4))
+    curves = {name: r.pass_at for name, r in zip(names, (cmp.base, cmp.tuned))}
+    write_atomic(out_dir / "passk.png",
+                 pass_at_k_plot(curves, f"pass@k, {cmp.base.n_prompts} held-out prompts", cmp.crossover))
+    fig, ax = figure("per-prompt success rate", f"{names[0]} success rate", f"{names[1]} success rate")
+    fig.set_size_inches(4.5, 4.5)
     ax.scatter(success_rates(cmp.base), success_rates(cmp.tuned), s=12, alpha=0.5)
     ax.plot([0, 1], [0, 1], color="grey", ls=":")
-    ax.set(xlabel=f"{names[0]} success rate", ylabel=f"{names[1]} success rate", title="per-prompt success rate",
-           xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
-    paths.append(_save(fig, out_dir / "scatter.png"))
-    return paths
-
-
-def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.tight_layout()
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
-
-
-def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2), encoding="utf-8")
-    tmp.replace(path)
+    ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
+    write_atomic(out_dir / "scatter.png", png_bytes(fig))
+    return [out_dir / "passk.png", out_dir / "scatter.png"]

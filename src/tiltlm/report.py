@@ -10,7 +10,6 @@ import html
 import io
 import json
 import math
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from tiltlm.atomic import write_atomic
 from tiltlm.errors import TiltError
 
 Series = dict[str, tuple[list[int], list[float]]]  # metric key -> (steps, values), sorted by step
@@ -178,13 +178,13 @@ def _draw_series(ax: Any, series: Series, key: str) -> None:
         ax.plot(steps, values, marker=".", label=key)
 
 
-def _png(fig: Any) -> bytes:
+def png_bytes(fig: Any) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     return buf.getvalue()
 
 
-def _figure(title: str, xlabel: str, ylabel: str) -> tuple[Any, Any]:
+def figure(title: str, xlabel: str, ylabel: str) -> tuple[Any, Any]:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7, 3.6))
@@ -200,18 +200,21 @@ def _figure(title: str, xlabel: str, ylabel: str) -> tuple[Any, Any]:
     return fig, ax
 
 
-def _base_vs_tuned(data: RunData) -> bytes:
-    fig, ax = _figure(BASE_VS_TUNED[1], "k", "pass@k")
+def pass_at_k_plot(curves: dict[str, dict[int, float]], title: str, crossover: int | None = None) -> bytes:
+    """pass@k against k (log2 axis), one curve per model; a dotted line at the crossover k, if any."""
+    fig, ax = figure(title, "k", "pass@k")
     ks: set[int] = set()
-    for label, curve in [("base", data.eval_start), ("tuned", data.eval_final)]:
+    for label, curve in curves.items():
         if curve:
             ax.plot(list(curve), list(curve.values()), marker="o", label=label)
             ks |= set(curve)
+    if crossover:
+        ax.axvline(crossover, color="grey", ls=":", label=f"crossover k={crossover}")
     ax.set_xscale("log", base=2)
     ax.minorticks_off()
     ax.set_xticks(sorted(ks), labels=[str(k) for k in sorted(ks)])
     ax.legend()
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def render_plots(data: RunData) -> tuple[list[tuple[str, str, bytes]], list[tuple[str, str, str]]]:
@@ -222,13 +225,13 @@ def render_plots(data: RunData) -> tuple[list[tuple[str, str, bytes]], list[tupl
         if not keys:
             skipped.append((spec.id, spec.title, spec.needs))
             continue
-        fig, ax = _figure(spec.title, "step", spec.ylabel)
+        fig, ax = figure(spec.title, "step", spec.ylabel)
         for key in keys:
             _draw_series(ax, data.series, key)
         ax.legend(fontsize=8)
-        drawn.append((spec.id, spec.title, _png(fig)))
+        drawn.append((spec.id, spec.title, png_bytes(fig)))
     if data.eval_start or data.eval_final:
-        drawn.append((BASE_VS_TUNED[0], BASE_VS_TUNED[1], _base_vs_tuned(data)))
+        drawn.append((BASE_VS_TUNED[0], BASE_VS_TUNED[1], pass_at_k_plot({"base": data.eval_start, "tuned": data.eval_final}, BASE_VS_TUNED[1])))
     else:
         skipped.append(BASE_VS_TUNED)
     return drawn, skipped
@@ -301,12 +304,6 @@ def render_html(run_dir: Path, data: RunData, drawn: list, skipped: list) -> str
     return "\n".join(parts)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
 def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
     """Write ``index.html`` and one PNG per plot to ``out_dir`` (default ``RUN_DIR/report``); returns the html path.
 
@@ -321,7 +318,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
     out.mkdir(parents=True, exist_ok=True)
     drawn, skipped = render_plots(data)
     for plot_id, _, png in drawn:
-        _write_atomic(out / f"{plot_id}.png", png)
+        write_atomic(out / f"{plot_id}.png", png)
     index = out / "index.html"
-    _write_atomic(index, render_html(run_dir, data, drawn, skipped).encode("utf-8"))
+    write_atomic(index, render_html(run_dir, data, drawn, skipped).encode("utf-8"))
     return index

@@ -8,7 +8,6 @@ import copy
 import dataclasses
 import difflib
 import json
-import os
 import random
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 
 from tiltlm.advantages import ADVANTAGE_NEEDS, ADVANTAGES, make_advantage
+from tiltlm.atomic import write_atomic
 from tiltlm.compare import build_families, evaluate_families, forgetting_rows
 from tiltlm.config import Config, dump_config
 from tiltlm.errors import TiltError
@@ -288,7 +288,3 @@ class Run:
         return TrainProgress(self.cfg.train.steps, enabled=self.cfg.log.progress if progress is None else progress)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
