@@ -32,9 +32,11 @@ def test_algorithms_and_config_listings():
 
 
 def test_train_writes_run_dir_and_loadable_checkpoint(tmp_path):
-    out = tiltlm("train", f"log.run_dir={tmp_path}", "log.run_name=r", *SMALL)
+    out = tiltlm("train", "--profile", f"log.run_dir={tmp_path}", "log.run_name=r", *SMALL)
     assert out.returncode == 0, out.stderr
     run = tmp_path / "r"
+    assert "profile over 2 steps" in out.stdout and "forward_backward" in out.stdout
+    assert json.loads((run / "profile.json").read_text())["steps"] == 2
     assert "run directory" in out.stdout and str(run) in out.stdout
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [m for m in lines if "rollout/reward" in m]

@@ -47,7 +47,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
     from tiltlm.trainer import train
 
     path, overrides = _split_config_args(ns.args)
-    cfg = load_config(path, overrides)
+    cfg = load_config(path, overrides + (["train.profile=true"] if ns.profile else []))
     result = train(cfg)
     _print_before_after(result)
     if result.forgetting:
@@ -303,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train from a YAML config plus section.key=value overrides")
     t.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value ...]")
+    t.add_argument("--profile", action="store_true", help="time per phase per step: printed, and RUN_DIR/profile.json")
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("eval", help="pass@k/mean@k/maj@k, diversity, entropy, KL to a reference on held-out prompts")

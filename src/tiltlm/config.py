@@ -157,6 +157,7 @@ class TrainConfig:
     )
     time_budget_s: float = f(0.0, "stop after this many seconds of training (0 = no limit)")
     seed: int = f(0, "seed for prompts, sampling and init")
+    profile: bool = f(False, "time every phase of every step; print the table at the end, write profile.json")
 
 
 @dataclass

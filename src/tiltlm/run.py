@@ -27,6 +27,7 @@ from tiltlm.loggers import ExtraLoggers, check_loggers
 from tiltlm.logprobs import sequence_logprobs
 from tiltlm.models import load_model_and_tokenizer, save_pretrained_atomic
 from tiltlm.objectives import AGGREGATIONS, KL_ESTIMATORS, OBJECTIVES, Objective
+from tiltlm.profiling import PhaseTimer
 from tiltlm.rollout import ENGINES
 from tiltlm.target import MomentEvidence
 from tiltlm.tasks import Task, build_task
@@ -96,6 +97,7 @@ class Setup:
     needs: set = dataclasses.field(default_factory=set)  # extra log-probs for the objective and the advantage
     teacher: torch.nn.Module | None = None  # frozen teacher for distillation objectives
     families: list = dataclasses.field(default_factory=list)  # (label, Task) never trained on: forgetting
+    timer: PhaseTimer = dataclasses.field(default_factory=PhaseTimer)  # train.profile: time per phase
 
     @property
     def params(self) -> list[torch.nn.Parameter]:
@@ -178,7 +180,8 @@ def prepare(cfg: Config) -> Setup:
         proposal = teacher  # off-policy: rollouts come from the teacher and are never swapped
     engine = engine_cls(proposal or model, tokenizer.eos_token_id, tokenizer.pad_token_id)
     s = Setup(cfg, task, model, tokenizer, reference, engine, objective, advantage, aggregate, constant,
-              optimizer, scheduler, device, proposal=proposal, needs=needs, teacher=teacher, families=families)
+              optimizer, scheduler, device, proposal=proposal, needs=needs, teacher=teacher, families=families,
+              timer=PhaseTimer(cfg.train.profile, cuda=device.type == "cuda"))
     if getattr(objective, "needs_rehearsal", False):
         s.rehearsal_pool = build_rehearsal_pool(s)
     target = getattr(objective, "target", None)
@@ -271,6 +274,10 @@ class Run:
         c = self.cfg
         return evaluate_families(s.model, s.tokenizer, s.families, c.eval.forgetting_prompts, c.eval.samples,
                                  c.rollout.max_new_tokens, c.eval.temperature, seed=c.train.seed + 20_000)
+
+    def write_profile(self, timer: PhaseTimer) -> None:
+        write_atomic(self.dir / "profile.json", timer.to_json())
+        print(timer.table())
 
     def write_forgetting(self, before: dict[str, list[float]], after: dict[str, list[float]]) -> list[dict]:
         rows = forgetting_rows(before, after)

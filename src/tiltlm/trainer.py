@@ -34,6 +34,7 @@ from tiltlm.config import Config
 from tiltlm.evaluate import EvalResult
 from tiltlm.hints import hinted
 from tiltlm.logprobs import sequence_logprobs
+from tiltlm.profiling import PhaseTimer
 from tiltlm.rollout import decode_completions
 from tiltlm.run import Run, Setup, prepare
 from tiltlm.shaping import shape_rewards
@@ -68,6 +69,7 @@ def train(cfg: Config, progress=None) -> TrainResult:
     with run.progress(progress) as bar:
         for step in range(1, cfg.train.steps + 1):
             t0 = time.perf_counter()
+            s.timer.start_step()
             if hasattr(s.objective, "schedule"):  # objectives with annealed coefficients (KDRL)
                 s.objective.schedule(step, cfg.train.steps)
             # 1-3. select prompts, generate G completions each (sampling log-probs recorded), score
@@ -77,13 +79,14 @@ def train(cfg: Config, progress=None) -> TrainResult:
                 batch, rounds = fill_informative_groups(s, batch, rng, sampler_rng, shaping)
             t_gen = time.perf_counter()
             # 4. attach the log-probs the objective needs (never computed otherwise)
-            if "ref" in s.needs:
-                batch.ref_logprobs = s.logprobs_without_grad(s.reference, batch)
-            if "teacher" in s.needs:
-                batch.teacher_logprobs = s.logprobs_without_grad(s.teacher, batch)
             adaptive = s.proposal is not None and getattr(s.objective, "proposal_every", 0) > 0
-            if adaptive:  # samples came from a frozen proposal q: pi_theta's own log-probs too
-                batch.policy_logprobs = s.logprobs_without_grad(s.model, batch)
+            with s.timer.phase("logprobs"):
+                if "ref" in s.needs:
+                    batch.ref_logprobs = s.logprobs_without_grad(s.reference, batch)
+                if "teacher" in s.needs:
+                    batch.teacher_logprobs = s.logprobs_without_grad(s.teacher, batch)
+                if adaptive:  # samples came from a frozen proposal q: pi_theta's own log-probs too
+                    batch.policy_logprobs = s.logprobs_without_grad(s.model, batch)
             # 5. the objective's per-sequence signal (reward or pseudo-reward) -> advantages; aggregation weights
             batch.advantages = advantages_for(s.advantage, batch, s.objective.sequence_signal(batch), cfg.advantage)
             weight_mask = batch.completion_mask * batch.finished.unsqueeze(-1) if cfg.shaping.filter_truncated else batch.completion_mask
@@ -99,7 +102,7 @@ def train(cfg: Config, progress=None) -> TrainResult:
             s.model.train()
             for _ in range(cfg.train.updates_per_batch):
                 update_stats = update(policy_logprobs, train_batch, s.objective, s.optimizer, s.scheduler, s.params,
-                                      cfg.train.micro_batch_size, cfg.optim.grad_clip)
+                                      cfg.train.micro_batch_size, cfg.optim.grad_clip, s.timer)
             t_end = time.perf_counter()
             # 7. swap the proposal (KL-adaptive DPG), log, evaluate, checkpoint
             swapped = adaptive and step % s.objective.proposal_every == 0 and s.objective.policy_is_closer(batch)
@@ -127,16 +130,20 @@ def train(cfg: Config, progress=None) -> TrainResult:
                 "perf/tokens_per_s": batch.lengths.sum().item() / (t_end - t0),
             }
             if cfg.eval.prompts > 0 and cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.steps:
-                metrics.update(run.evaluate(s, step, log=False).as_metrics())  # logged with the step
-            run.log(metrics)
-            history.append(metrics)
-            bar.advance(metrics)
+                with s.timer.phase("evaluation"):
+                    metrics.update(run.evaluate(s, step, log=False).as_metrics())  # logged with the step
+            with s.timer.phase("logging"):
+                bar.advance(metrics)
+                history.append(metrics)
+            run.log({**metrics, **s.timer.end_step()})  # with --profile: perf/<phase>_s of this step
             if cfg.train.time_budget_s and time.perf_counter() - t_start > cfg.train.time_budget_s:
                 break
     train_seconds = time.perf_counter() - t_start
     final_eval = run.evaluate(s, step, name="final") if cfg.eval.prompts > 0 else None
     forgetting = run.write_forgetting(families_before, run.families_success(s)) if families_before else None
     run.save_final(s)
+    if cfg.train.profile:
+        run.write_profile(s.timer)
     return TrainResult(str(run.dir), step, base_eval, final_eval, history, train_seconds, forgetting)
 
 
@@ -166,10 +173,12 @@ def rollout_groups(s: Setup, examples: list, group_ids: torch.Tensor, hints: lis
     """G completions per example, scored as hint + completion (the hint is already part of the prompt)."""
     cfg, G = s.cfg, s.cfg.rollout.samples_per_prompt
     prompt_ids = [s.tokenizer(e.prompt)["input_ids"] for e in examples]
-    gen = s.engine.generate(prompt_ids, G, cfg.rollout.max_new_tokens, cfg.rollout.temperature, sampler_rng)
-    texts = decode_completions(s.tokenizer, gen.completion_ids, gen.completion_mask)
-    scores = [s.task.score(examples[i // G], hints[i // G] + text, bool(fin))
-              for i, (text, fin) in enumerate(zip(texts, gen.finished))]
+    with s.timer.phase("generation"):
+        gen = s.engine.generate(prompt_ids, G, cfg.rollout.max_new_tokens, cfg.rollout.temperature, sampler_rng)
+    with s.timer.phase("scoring"):
+        texts = decode_completions(s.tokenizer, gen.completion_ids, gen.completion_mask)
+        scores = [s.task.score(examples[i // G], hints[i // G] + text, bool(fin))
+                  for i, (text, fin) in enumerate(zip(texts, gen.finished))]
     keys = keys or [e.prompt for e in examples]
     return RolloutBatch(
         prompt_ids=gen.prompt_ids, prompt_mask=gen.prompt_mask,
@@ -230,6 +239,7 @@ def update(
     params: list[torch.nn.Parameter],
     micro_batch_size: int,
     grad_clip: float,
+    timer: PhaseTimer | None = None,
 ) -> dict:
     """One optimizer step on ``batch``: accumulate sum(w * token_loss) over micro-batches, clip, step.
 
@@ -237,28 +247,31 @@ def update(
     transformer here, a table on the exact test bed -- the rest of the step is shared. Whole-distribution statistics
     (``logprobs.TOKEN_STATS``: entropy, mean log-softmax) are computed only if the objective's ``token_stats`` asks.
     """
+    timer = timer or PhaseTimer()
     optimizer.zero_grad(set_to_none=False)  # zero (not None) grads: an empty batch still steps as a zero gradient
     sums: dict[str, float] = {}
     tokens = max(1, int(batch.completion_mask.sum()))
     total_loss = 0.0
     for mb in batch.micro_batches(micro_batch_size) if batch.size else []:
-        logp, extra = logprob_fn(mb, getattr(objective, "token_stats", set()))
-        mb.token_stats = extra
-        token_loss, stats = objective.token_loss(logp, mb)
-        loss = (token_loss * mb.loss_weights).sum()
-        if hasattr(objective, "batch_loss"):  # a regulariser on a micro-batch statistic (SIREN), added once
-            extra_loss, extra_stats = objective.batch_loss(logp, mb)
-            loss = loss + extra_loss * mb.size / batch.size
-            for name, value in extra_stats.items():
-                sums[name] = sums.get(name, 0.0) + value * int(mb.completion_mask.sum())
-        loss.backward()
-        total_loss += loss.item()
-        mask = mb.completion_mask.bool()
-        for name, value in stats.items():
-            sums[name] = sums.get(name, 0.0) + value[mask].sum().item()
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
-    optimizer.step()
-    scheduler.step()
+        with timer.phase("forward_backward"):
+            logp, extra = logprob_fn(mb, getattr(objective, "token_stats", set()))
+            mb.token_stats = extra
+            token_loss, stats = objective.token_loss(logp, mb)
+            loss = (token_loss * mb.loss_weights).sum()
+            if hasattr(objective, "batch_loss"):  # a regulariser on a micro-batch statistic (SIREN), added once
+                extra_loss, extra_stats = objective.batch_loss(logp, mb)
+                loss = loss + extra_loss * mb.size / batch.size
+                for name, value in extra_stats.items():
+                    sums[name] = sums.get(name, 0.0) + value * int(mb.completion_mask.sum())
+            loss.backward()
+            total_loss += loss.item()
+            mask = mb.completion_mask.bool()
+            for name, value in stats.items():
+                sums[name] = sums.get(name, 0.0) + value[mask].sum().item()
+    with timer.phase("optimizer"):
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+        optimizer.step()
+        scheduler.step()
     out = {"loss/total": total_loss, "optim/grad_norm": float(grad_norm)}
     out.update({k: v / tokens for k, v in sums.items()})  # token means of the objective's statistics
     return out
