@@ -138,6 +138,32 @@ def curve_cell(rows: list[dict]) -> str:
     return " / ".join(f"{m:.2f}" for m in means)
 
 
+CLAIM_GROUPS = {  # recipe -> the recipe it is compared with, seed by seed
+    **{r: "grpo" for r in ("clip_higher", "dapo", "nsr", "psr", "w_reinforce", "grpo_kl", "kl_rl", "fdpg_js", "rapo",
+                           "dph", "dpg", "entropy_bonus", "siren", "lp_reg", "rover", "gspo", "cispo", "dr_grpo")},
+    "exopd": "opd", "sft_teacher": "opd", "kdrl": "grpo", "rlad": "opd",
+}
+
+
+def paired_rows(results: dict[str, list[dict]]) -> list[str]:
+    """Seed-paired differences (recipe - reference) of pass@1 / pass@64 / KL: mean ± sd over seeds."""
+    lines = ["| recipe − reference | seeds | Δ pass@1 | Δ pass@16 | Δ pass@64 | Δ KL(π‖base) |", "|---|---|---|---|---|---|"]
+    for recipe, ref in CLAIM_GROUPS.items():
+        if recipe not in results or ref not in results:
+            continue
+        by_seed = {r["seed"]: r for r in results[ref]}
+        pairs = [(r, by_seed[r["seed"]]) for r in results[recipe] if r["seed"] in by_seed]
+        if not pairs:
+            continue
+        cells = []
+        for key in ("pass@1", "pass@16", "pass@64", "kl"):
+            d = [a[key] - b[key] for a, b in pairs]
+            sd = f" ± {statistics.stdev(d):.3f}" if len(d) > 1 else ""
+            cells.append(f"{statistics.mean(d):+.3f}{sd}")
+        lines.append(f"| {recipe} − {ref} | {len(pairs)} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def write_table(results_dir: Path, ns) -> None:
     results = load_results(results_dir, ns.steps)
     lines = ["| recipe | seeds | pass@1 | pass@16 | pass@64 | entropy | KL(π‖base) nats | train s | samples | "
@@ -159,7 +185,9 @@ def write_table(results_dir: Path, ns) -> None:
         f"Command: `python benchmarks/algorithms.py --seeds {' '.join(map(str, ns.seeds))} --steps {ns.steps}` "
         f"(results in `{ns.results}/`). Mean ± sd over seeds; {ns.steps} steps x 64 prompts x 8 samples each; "
         "held-out pass@k from 64 samples on 100 prompts; KL(π‖base) Monte-Carlo over 50 prompts x 16 samples; "
-        "samples = completions drawn for training (DAPO draws more per step).\n\n" + "\n".join(lines) + "\n",
+        "samples = completions drawn for training (DAPO draws more per step).\n\n" + "\n".join(lines) + "\n\n"
+        "Seed-paired differences against the reference each claim is about:\n\n" + "\n".join(paired_rows(results))
+        + "\n",
         encoding="utf-8",
     )
     tmp.replace(out)
