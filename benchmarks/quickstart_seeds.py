@@ -35,17 +35,18 @@ def main() -> int:
             s = json.loads((Path(runs) / f"seed{seed}" / "quickstart.json").read_text())
             rows.append((seed, s, wall))
             print(f"seed {seed}: pass@1 {s['base']['pass@1']:.3f} -> {s['tuned']['pass@1']:.3f} in {wall:.0f}s", flush=True)
-    ks = [k for k in rows[0][1]["tuned"] if k.startswith("pass@")]
+    ks = [k for k in ("pass@1", "pass@4", "pass@16") if k in rows[0][1]["tuned"]]
     lines = [
         "| seed | " + " | ".join(f"base {k}" for k in ks) + " | " + " | ".join(f"tuned {k}" for k in ks)
-        + " | gain pass@1 (pts) | greedy base → tuned | train s | wall s (process) |",
-        "|" + "---|" * (2 * len(ks) + 5),
+        + " | gain pass@1 (pts) | greedy base → tuned | forgetting probe (pts ± SE) | train s | wall s (process) |",
+        "|" + "---|" * (2 * len(ks) + 6),
     ]
     for seed, s, wall in rows:
         b, t = s["base"], s["tuned"]
         lines.append(
             f"| {seed} | " + " | ".join(f"{b[k]:.3f}" for k in ks) + " | " + " | ".join(f"{t[k]:.3f}" for k in ks)
             + f" | {100 * (t['pass@1'] - b['pass@1']):+.1f} | {b['greedy_accuracy']:.3f} → {t['greedy_accuracy']:.3f}"
+            + " | " + "; ".join(f"{100 * f['change']:+.1f} ± {100 * f['se']:.1f}" for f in s.get("forgetting", []))
             + f" | {s['train_seconds']:.0f} | {wall:.0f} |"
         )
     gains = [100 * (s["tuned"]["pass@1"] - s["base"]["pass@1"]) for _, s, _ in rows]
