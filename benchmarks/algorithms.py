@@ -139,7 +139,8 @@ def curve_cell(rows: list[dict]) -> str:
 
 
 CLAIM_GROUPS = {  # recipe -> the recipe it is compared with, seed by seed
-    **{r: "grpo" for r in ("clip_higher", "dapo", "nsr", "psr", "w_reinforce", "grpo_kl", "kl_rl", "fdpg_js", "rapo",
+    "clip_higher": "grpo_mu2",
+    **{r: "grpo" for r in ("dapo", "nsr", "psr", "w_reinforce", "grpo_kl", "kl_rl", "fdpg_js", "rapo",
                            "dph", "dpg", "entropy_bonus", "siren", "lp_reg", "rover", "gspo", "cispo", "dr_grpo")},
     "exopd": "opd", "sft_teacher": "opd", "kdrl": "grpo", "rlad": "opd",
 }
