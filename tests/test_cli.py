@@ -61,7 +61,7 @@ def test_eval_command_writes_json(tmp_path):
 
 def test_eval_default_grid_and_kl_to_reference(tmp_path):
     out = tiltlm("eval", "embedded", "--samples", "8", "--prompts", "6", "--reference", "embedded",
-                 "--json-out", str(tmp_path / "e.json"))
+                 "--batch-prompts", "4", "--json-out", str(tmp_path / "e.json"))
     assert out.returncode == 0, out.stderr
     res = json.loads((tmp_path / "e.json").read_text())
     assert list(res["pass_at"]) == list(res["maj_at"]) == list(res["mean_at"]) == ["1", "2", "4", "8"]
@@ -168,4 +168,5 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, case):
 def test_eval_bad_input(tmp_path):
     assert_one_line_error(tiltlm("eval", str(tmp_path / "nope"), "--samples", "4", "--k", "1"), "model path not found")
     assert_one_line_error(tiltlm("eval", "embedded", "--samples", "4", "--k", "1,8"), "--k values must be in 1..--samples")
+    assert_one_line_error(tiltlm("eval", "embedded", "--batch-prompts", "0"), "--batch-prompts must be >= 1")
     assert not (tmp_path / "eval.json").exists()

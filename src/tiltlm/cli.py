@@ -170,13 +170,15 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     from tiltlm.models import load_model_and_tokenizer
 
     ks = _parse_ks(ns.k, ns.samples)
+    if ns.batch_prompts < 1:
+        raise TiltError(f"--batch-prompts must be >= 1, got {ns.batch_prompts}")
     task, task_fields = _task_from_options(ns.task, ns.task_options)
     torch.set_num_threads(ns.threads)
     examples = _heldout(task, ns.task, ns.prompts)
     model, tokenizer = load_model_and_tokenizer(ns.model)
     reference = load_model_and_tokenizer(ns.reference)[0] if ns.reference else None
     r = evaluate(model, tokenizer, task, examples, ns.samples, ks, ns.max_new_tokens, ns.temperature, seed=ns.seed,
-                 reference=reference)
+                 batch_prompts=ns.batch_prompts, reference=reference)
     table = Table(title=f"{ns.model} on {ns.task}: {r.n_prompts} held-out prompts x {ns.samples} samples")
     for col in ("k", "pass@k", "mean@k", "maj@k"):
         table.add_column(col, justify="right")
@@ -312,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("task_options", nargs="*", help="task options, e.g. task.path=data.jsonl task.max_digits=2")
     e.add_argument("--samples", type=int, default=64)
     e.add_argument("--k", default="auto", help="'auto' = 1,2,4,...,samples, or e.g. 1,4,16")
+    e.add_argument("--batch-prompts", type=int, default=64, help="prompts per sampling batch (x samples rows)")
     e.add_argument("--reference", default=None, help="model to measure KL(model || reference) against, e.g. embedded")
     e.add_argument("--prompts", type=int, default=200)
     e.add_argument("--max-new-tokens", type=int, default=8)
