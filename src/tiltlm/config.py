@@ -177,6 +177,8 @@ class EvalConfig:
 class RuntimeConfig:
     threads: int = f(1, "torch CPU threads; on shared 2-core machines 1 is often fastest")
     device: str = f("cpu", "cpu | cuda | cuda:N")
+    lean_forward: bool = f(True, "score and sample Llama/Qwen2 models with the lean forward (packed tokens, shared "
+                                 "prompts; same math, lean.py); false = the plain transformers forward")
 
 
 @dataclass

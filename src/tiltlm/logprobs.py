@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from tiltlm import lean
+
 
 def positions(attention_mask: torch.Tensor) -> torch.Tensor:
     """Position ids for left-padded rows: 0 at the first real token, pads clamped to 0."""
@@ -76,7 +78,10 @@ def sequence_logprobs(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-token log-probs [B, C] of the completion under ``model`` (padding positions are garbage: mask them),
     and any requested per-position ``TOKEN_STATS``."""
-    ids = torch.cat([prompt_ids, completion_ids], dim=1)
-    mask = torch.cat([prompt_mask, completion_mask], dim=1)
-    logits = completion_logits(model, ids, mask, completion_ids.shape[1])
+    if lean.enabled(model):  # packed tokens, each distinct prompt computed once (same math: lean.py)
+        logits = lean.LeanDecoder(model).completion_logits(prompt_ids, prompt_mask, completion_ids, completion_mask)
+    else:
+        ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        mask = torch.cat([prompt_mask, completion_mask], dim=1)
+        logits = completion_logits(model, ids, mask, completion_ids.shape[1])
     return gather_logprobs(logits, completion_ids, temperature, stats)

@@ -22,6 +22,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from tiltlm import lean
 from tiltlm.errors import TiltError
 
 hf_logging.disable_progress_bar()  # no tqdm bars from transformers when saving/loading tiny local models
@@ -89,8 +90,10 @@ def resolve_model_path(path: str) -> Path:
     return p
 
 
-def load_model_and_tokenizer(path: str, dtype: torch.dtype = torch.float32):
-    """Load a causal LM and its tokenizer from a local directory (never from a hub; safetensors only)."""
+def load_model_and_tokenizer(path: str, dtype: torch.dtype = torch.float32, lean_forward: bool = True):
+    """Load a causal LM and its tokenizer from a local directory (never from a hub; safetensors only).
+
+    ``lean_forward``: score and sample with tiltlm's lean forward (lean.py) when it is exact for the architecture."""
     p = resolve_model_path(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(p, local_files_only=True)
@@ -102,6 +105,8 @@ def load_model_and_tokenizer(path: str, dtype: torch.dtype = torch.float32):
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if lean_forward:
+        lean.enable(model)
     return model, tokenizer
 
 

@@ -155,15 +155,15 @@ def prepare(cfg: Config) -> Setup:
     families = build_families(cfg.eval.forgetting)
     if cfg.eval.prompts > 0 and not task.heldout(cfg.eval.prompts):
         raise TiltError(f"task '{cfg.task.name}' has no held-out examples to evaluate on")
-    model, tokenizer = load_model_and_tokenizer(cfg.model.path, dtype)
+    model, tokenizer = load_model_and_tokenizer(cfg.model.path, dtype, cfg.runtime.lean_forward)
     model.to(device)
     reference = None
     if "ref" in needs or (cfg.eval.prompts > 0 and cfg.eval.kl_to_base):
-        reference, _ = load_model_and_tokenizer(cfg.model.path, dtype)
+        reference, _ = load_model_and_tokenizer(cfg.model.path, dtype, cfg.runtime.lean_forward)
         reference.to(device).eval().requires_grad_(False)
     teacher = None
     if "teacher" in needs or getattr(objective, "sample_from", "policy") == "teacher":
-        teacher, teacher_tok = load_model_and_tokenizer(cfg.objective.teacher, dtype)
+        teacher, teacher_tok = load_model_and_tokenizer(cfg.objective.teacher, dtype, cfg.runtime.lean_forward)
         if teacher_tok.get_vocab() != tokenizer.get_vocab():
             raise TiltError(f"objective.teacher '{cfg.objective.teacher}' has a different tokenizer than the student")
         teacher.to(device).eval().requires_grad_(False)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from tiltlm import lean
 from tiltlm.batch import left_pad
 from tiltlm.logprobs import positions
 
@@ -54,14 +55,10 @@ class HFEngine:
         B, C = len(prompt_ids) * n, max_new_tokens
         was_training = self.model.training
         self.model.eval()
-        cache = DynamicCache()
-        out = self.model(input_ids=ids_u, attention_mask=mask_u, position_ids=positions(mask_u), past_key_values=cache,
-                         use_cache=True, logits_to_keep=1)
-        cache.batch_repeat_interleave(n)
-        logits = out.logits[:, -1].float().repeat_interleave(n, 0)
-        ids, attn = ids_u.repeat_interleave(n, 0), mask_u.repeat_interleave(n, 0)
-        mask = attn
-        next_pos = attn.sum(-1, keepdim=True)  # position of the next token in each row
+        state = (LeanState if lean.enabled(self.model) else HFState)(self.model, ids_u, mask_u, n, C)
+        logits = state.logits
+        ids, mask = ids_u.repeat_interleave(n, 0), mask_u.repeat_interleave(n, 0)
+        next_pos = mask.sum(-1)  # position of the next token in each row
         tokens = torch.full((B, C), self.pad_id, dtype=torch.long, device=device)
         logps, ents, means = (torch.zeros(B, C, device=device) for _ in range(3))
         completion_mask = torch.zeros(B, C, dtype=torch.long, device=device)
@@ -84,12 +81,9 @@ class HFEngine:
                 break
             if done.any():  # finished rows leave the batch and the cache
                 keep = (~done).nonzero().squeeze(-1)
-                cache.batch_select_indices(keep)
-                active, tok, attn, next_pos = active[keep], tok[keep], attn[keep], next_pos[keep]
-            attn = torch.cat([attn, attn.new_ones(len(active), 1)], dim=1)
-            out = self.model(input_ids=tok.unsqueeze(-1), attention_mask=attn, position_ids=next_pos,
-                             past_key_values=cache, use_cache=True)
-            logits = out.logits[:, -1].float()
+                state.select(keep)
+                active, tok, next_pos = active[keep], tok[keep], next_pos[keep]
+            logits = state.step(tok, next_pos)
             next_pos = next_pos + 1
         self.model.train(was_training)
         return Generation(
@@ -102,6 +96,43 @@ class HFEngine:
             mean_logsoftmax=means[:, :steps],
             finished=finished,
         )
+
+
+class HFState:
+    """Sampling state on the plain ``transformers`` forward: a DynamicCache plus each row's attention mask."""
+
+    def __init__(self, model, ids: torch.Tensor, mask: torch.Tensor, n: int, max_new: int):
+        self.model, self.cache = model, DynamicCache()
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), past_key_values=self.cache,
+                    use_cache=True, logits_to_keep=1)
+        self.cache.batch_repeat_interleave(n)
+        self.logits = out.logits[:, -1].float().repeat_interleave(n, 0)
+        self.attn = mask.repeat_interleave(n, 0)
+
+    def select(self, rows: torch.Tensor) -> None:
+        self.cache.batch_select_indices(rows)
+        self.attn = self.attn[rows]
+
+    def step(self, tok: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        self.attn = torch.cat([self.attn, self.attn.new_ones(len(tok), 1)], dim=1)
+        out = self.model(input_ids=tok.unsqueeze(-1), attention_mask=self.attn, position_ids=pos.unsqueeze(-1),
+                         past_key_values=self.cache, use_cache=True)
+        return out.logits[:, -1].float()
+
+
+class LeanState:
+    """Sampling state on the lean forward (lean.py): a static KV cache, no per-step mask building."""
+
+    def __init__(self, model, ids: torch.Tensor, mask: torch.Tensor, n: int, max_new: int):
+        self.decoder = lean.LeanDecoder(model)
+        logits, self.cache = self.decoder.prefill(ids, mask, n, max_new)
+        self.logits = logits.float().repeat_interleave(n, 0)
+
+    def select(self, rows: torch.Tensor) -> None:
+        self.cache.select(rows)
+
+    def step(self, tok: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return self.decoder.decode(self.cache, tok, pos).float()
 
 
 def decode_completions(tokenizer, completion_ids: torch.Tensor, completion_mask: torch.Tensor) -> list[str]:

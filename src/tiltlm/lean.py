@@ -1,0 +1,233 @@
+"""A lean forward pass for Llama-family decoders (Llama, Qwen2, Mistral without a sliding window), computed with the
+Hugging Face model's own parameters -- the same math as ``model(...)``, with less work on small models and CPUs:
+
+* **packed tokens**: every projection and MLP runs on one flat ``[tokens, hidden]`` matrix of real tokens only --
+  no left-padding of prompts, no right-padding after EOS -- so no FLOP is spent on padding;
+* **shared prompt prefixes**: a GRPO batch holds each prompt ``n`` times; the prompt is computed once and its keys
+  and values are shared by the ``n`` completions (the gradient of a shared prefix is the sum over its completions,
+  which ``index_select``'s backward computes exactly), so a prompt costs 1/n of its tokens in the update;
+* **fused projections**: q/k/v and gate/up are one matmul each (larger, faster GEMMs, fewer autograd nodes);
+* **a static KV cache** for sampling, with no per-step mask building or cache bookkeeping in Python.
+
+It is used only where it is exact: ``supported(model)`` says why not otherwise, and the caller falls back to the
+plain ``transformers`` forward. tests/test_lean.py checks logits, gradients and sampled log-probs against it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+LEAN_ATTR = "tiltlm_lean"  # set on a model that passed ``supported``: the lean path is then used for it
+_STATIC_ROPE = {"default", "linear", "llama3", "yarn"}  # inv_freq does not depend on the sequence length
+
+
+def supported(model) -> str | None:
+    """None if the lean forward computes exactly what ``model`` computes, else the reason it does not."""
+    cfg = getattr(model, "config", None)
+    kind = getattr(cfg, "model_type", None)
+    if kind not in ("llama", "qwen2", "mistral"):
+        return f"model_type {kind!r} (lean forward: llama, qwen2, mistral)"
+    inner = getattr(model, "model", None)
+    if inner is None or not hasattr(inner, "rotary_emb") or not hasattr(model, "lm_head"):
+        return "unexpected module layout"
+    if getattr(cfg, "hidden_act", "silu") != "silu" or getattr(cfg, "mlp_bias", False):
+        return "MLP is not a bias-free SiLU gate"
+    if getattr(cfg, "attention_dropout", 0.0):
+        return "attention dropout"
+    if getattr(inner.rotary_emb, "rope_type", "default") not in _STATIC_ROPE:
+        return f"rope type {inner.rotary_emb.rope_type!r}"
+    sliding = getattr(cfg, "sliding_window", None) if getattr(cfg, "use_sliding_window", kind == "mistral") else None
+    if sliding:
+        return "sliding-window attention"
+    layer = inner.layers[0].self_attn
+    if any(hasattr(layer, n) for n in ("q_norm", "k_norm")) or getattr(layer.o_proj, "bias", None) is not None:
+        return "attention with q/k norms or an output bias"
+    return None
+
+
+def enable(model) -> bool:
+    """Mark ``model`` for the lean path if it is supported; returns whether it was."""
+    ok = supported(model) is None
+    object.__setattr__(model, LEAN_ATTR, ok)  # a plain attribute, not a registered submodule or buffer
+    return ok
+
+
+def enabled(model) -> bool:
+    return bool(getattr(model, LEAN_ATTR, False))
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding, HF's convention: x*cos + rotate_half(x)*sin (halves, not interleaved pairs)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+class LeanDecoder:
+    """The forward of a supported HF causal LM, written out. Holds no parameters of its own."""
+
+    def __init__(self, model):
+        cfg = model.config
+        self.model, self.inner = model, model.model
+        self.H, self.KV = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.D = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.H
+        self.eps = cfg.rms_norm_eps
+
+    # -- pieces shared by training and sampling --------------------------------------------------------------
+    def fused(self, layer) -> tuple:
+        """(W_qkv, b_qkv or None, W_gate_up) of one layer: concatenated so each is a single matmul."""
+        a, m = layer.self_attn, layer.mlp
+        w_qkv = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])
+        b_qkv = None if a.q_proj.bias is None else torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias])
+        return w_qkv, b_qkv, torch.cat([m.gate_proj.weight, m.up_proj.weight])
+
+    def norm(self, x: torch.Tensor, module) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],), module.weight, self.eps)
+
+    def qkv(self, layer, fused, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """Rotated q [N, H, D], k and v [N, KV, D] of flat tokens x [N, hidden]."""
+        w, b, _ = fused
+        qkv = F.linear(self.norm(x, layer.input_layernorm), w, b)
+        qk, v = qkv.view(-1, self.H + 2 * self.KV, self.D).split([self.H + self.KV, self.KV], dim=1)
+        q, k = _rotate(qk, cos, sin).split([self.H, self.KV], dim=1)  # one rotation for q and k together
+        return q, k, v
+
+    def attend(self, layer, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """SDPA on [N, heads, T, D] tensors with a boolean [N, 1, Tq, Tk] mask."""
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=layer.self_attn.scaling,
+                                              enable_gqa=self.H != self.KV)
+
+    def finish_layer(self, layer, fused, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        """Residual + o_proj of the attention output [N, H*D], then the residual gated MLP."""
+        x = x + F.linear(attn, layer.self_attn.o_proj.weight)
+        gate, up = F.linear(self.norm(x, layer.post_attention_layernorm), fused[2]).chunk(2, dim=-1)
+        return x + F.linear(F.silu(gate) * up, layer.mlp.down_proj.weight)
+
+    def rope(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [N, 1, D] for flat positions [N] (HF's rotary module, so every static rope type matches)."""
+        cos, sin = self.inner.rotary_emb(x, positions.unsqueeze(0))
+        return cos[0].unsqueeze(1), sin[0].unsqueeze(1)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.lm_head(self.norm(x, self.inner.norm))
+
+    # -- training / scoring: packed tokens, shared prefixes -------------------------------------------------
+    def completion_logits(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                          completion_ids: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
+        """Logits [B, C, V] predicting each completion token (rows: left-padded prompt, right-padded completion);
+        padding positions hold garbage. Identical prompts in consecutive rows are computed once."""
+        B, C = completion_ids.shape
+        dev = completion_ids.device
+        # distinct prompts (consecutive runs of identical rows) and, for each row, its prompt
+        prompts, inv = torch.unique_consecutive(torch.cat([prompt_ids, prompt_mask], 1), dim=0, return_inverse=True)
+        p_ids, p_mask = prompts.split(prompt_ids.shape[1], dim=1)
+        G, P = p_ids.shape
+        p_len = p_mask.sum(1)
+        # completions are right-padded: a completion token is real iff all before it are (mask may end early)
+        c_mask = completion_mask.bool()
+        p_flat, c_flat = p_mask.bool().flatten().nonzero().squeeze(1), c_mask.flatten().nonzero().squeeze(1)
+        n_p = len(p_flat)
+        positions = torch.cat([
+            (p_mask.cumsum(1) - 1).flatten()[p_flat],
+            (p_len[inv].unsqueeze(1) + torch.arange(C, device=dev)).flatten()[c_flat],
+        ])
+        x = self.inner.embed_tokens(torch.cat([p_ids.flatten()[p_flat], completion_ids.flatten()[c_flat]]))
+        cos, sin = self.rope(x, positions)
+        # attention masks on the padded layouts: prompts causal over their real tokens (a padding query sees itself
+        # so no row is empty); completions see their prompt's real tokens and themselves causally
+        causal_p = torch.ones(P, P, dtype=torch.bool, device=dev).tril()
+        eye_p = torch.eye(P, dtype=torch.bool, device=dev)
+        mask_p = ((causal_p & p_mask.bool()[:, None, :]) | eye_p).unsqueeze(1)
+        causal_c = torch.ones(C, C, dtype=torch.bool, device=dev).tril()
+        mask_c = torch.cat([p_mask.bool()[inv][:, None, :].expand(B, C, P), causal_c.expand(B, C, C)], 2).unsqueeze(1)
+
+        def padded(t: torch.Tensor, index: torch.Tensor, rows: int, width: int) -> torch.Tensor:
+            """flat [n, h, D] -> [rows, h, width, D] with zeros at padding"""
+            out = t.new_zeros(rows * width, t.shape[1], t.shape[2]).index_copy(0, index, t)
+            return out.view(rows, width, t.shape[1], t.shape[2]).transpose(1, 2)
+
+        def flat(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+            """[rows, H, width, D] -> flat [n, H*D] at ``index``"""
+            return t.transpose(1, 2).reshape(-1, self.H * self.D)[index]
+
+        for layer in self.inner.layers:
+            fused = self.fused(layer)
+            q, k, v = self.qkv(layer, fused, x, cos, sin)
+            kp, vp = padded(k[:n_p], p_flat, G, P), padded(v[:n_p], p_flat, G, P)
+            out_p = self.attend(layer, padded(q[:n_p], p_flat, G, P), kp, vp, mask_p)
+            k_c = torch.cat([kp.index_select(0, inv), padded(k[n_p:], c_flat, B, C)], dim=2)
+            v_c = torch.cat([vp.index_select(0, inv), padded(v[n_p:], c_flat, B, C)], dim=2)
+            out_c = self.attend(layer, padded(q[n_p:], c_flat, B, C), k_c, v_c, mask_c)
+            x = self.finish_layer(layer, fused, x, torch.cat([flat(out_p, p_flat), flat(out_c, c_flat)]))
+        # completion token j is predicted at the prompt's last token (j = 0) or at completion token j - 1
+        hidden = x.new_zeros(B * C, x.shape[1]).index_copy(0, c_flat, x[n_p:]).view(B, C, -1)
+        last_prompt = x[p_len.cumsum(0) - 1].index_select(0, inv)
+        return self.logits(torch.cat([last_prompt.unsqueeze(1), hidden[:, :-1]], dim=1))
+
+    # -- sampling: a static KV cache ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def prefill(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, n: int, max_new: int):
+        """Run the left-padded prompts once; returns (last logits [G, V], cache) with the cache repeated n times
+        per prompt and room for ``max_new`` more tokens."""
+        G, P = prompt_ids.shape
+        fused = [self.fused(layer) for layer in self.inner.layers]
+        pos = (prompt_mask.cumsum(1) - 1).clamp(min=0)
+        x = self.inner.embed_tokens(prompt_ids).flatten(0, 1)
+        cos, sin = self.rope(x, pos.flatten())
+        causal = torch.ones(P, P, dtype=torch.bool, device=x.device).tril()
+        mask = ((causal & prompt_mask.bool()[:, None, :]) | torch.eye(P, dtype=torch.bool, device=x.device)).unsqueeze(1)
+        keys, values = [], []
+        for layer, fw in zip(self.inner.layers, fused):
+            q, k, v = self.qkv(layer, fw, x, cos, sin)
+            q, k, v = (t.view(G, P, t.shape[1], self.D).transpose(1, 2) for t in (q, k, v))
+            out = self.attend(layer, q, k, v, mask).transpose(1, 2).reshape(G * P, -1)
+            x = self.finish_layer(layer, fw, x, out)
+            for store, t in ((keys, k), (values, v)):
+                full = t.new_zeros(G, self.KV, P + max_new, self.D)
+                full[:, :, :P] = t
+                store.append(full.repeat_interleave(n, 0))
+        last = self.logits(x.view(G, P, -1)[:, -1])
+        return last, LeanCache(keys, values, prompt_mask.bool().repeat_interleave(n, 0), P, max_new, fused)
+
+    @torch.no_grad()
+    def decode(self, cache: LeanCache, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """One token per active row: writes its k/v at the cache's next column; returns logits [b, V]."""
+        col = cache.length
+        x = self.inner.embed_tokens(tokens)
+        cos, sin = self.rope(x, positions)
+        bias = torch.zeros(cache.key_mask.shape[0], col + 1, device=x.device).masked_fill_(
+            ~cache.key_mask[:, : col + 1], float("-inf")).unsqueeze(1)  # [b, 1, T]: -inf on padding keys
+        for i, (layer, fw) in enumerate(zip(self.inner.layers, cache.fused)):
+            q, k, v = self.qkv(layer, fw, x, cos, sin)
+            cache.keys[i][:, :, col] = k
+            cache.values[i][:, :, col] = v
+            out = _decode_attention(q, cache.keys[i][:, :, : col + 1], cache.values[i][:, :, : col + 1], bias,
+                                    layer.self_attn.scaling)
+            x = self.finish_layer(layer, fw, x, out)
+        cache.length += 1
+        return self.logits(x)
+
+
+def _decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float):
+    """Attention of one query per row, q [b, H, D] over k, v [b, KV, T, D]: three batched matmuls (SDPA's CPU
+    flash kernel is slow for a single query). Returns [b, H*D]."""
+    b, H, D = q.shape
+    KV, T = k.shape[1], k.shape[2]
+    q = q.reshape(b * KV, H // KV, D)  # the query heads that share each key/value head
+    scores = torch.baddbmm(bias.repeat_interleave(KV, 0), q, k.reshape(b * KV, T, D).transpose(1, 2), alpha=scale)
+    return torch.bmm(scores.softmax(-1), v.reshape(b * KV, T, D)).view(b, H * D)
+
+
+class LeanCache:
+    """Per-layer keys/values [rows, KV, P + max_new, D]; ``key_mask`` [rows, P + max_new] marks real keys."""
+
+    def __init__(self, keys, values, prompt_mask: torch.Tensor, P: int, max_new: int, fused):
+        self.keys, self.values, self.fused, self.length = keys, values, fused, P
+        self.key_mask = torch.cat([prompt_mask, prompt_mask.new_ones(len(prompt_mask), max_new)], 1)
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only ``rows`` (finished rows leave the batch)."""
+        self.keys = [k.index_select(0, rows) for k in self.keys]
+        self.values = [v.index_select(0, rows) for v in self.values]
+        self.key_mask = self.key_mask.index_select(0, rows)
