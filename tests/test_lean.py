@@ -1,0 +1,123 @@
+"""The lean forward (lean.py) computes what the transformers forward computes: logits, gradients, sampled tokens."""
+
+import pytest
+import torch
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+from tiltlm import lean
+from tiltlm.logprobs import completion_logits, sequence_logprobs
+from tiltlm.rollout import HFEngine
+
+COMMON = dict(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+              max_position_embeddings=64, pad_token_id=0, eos_token_id=2, bos_token_id=1)
+
+
+def tiny(kind: str):
+    torch.manual_seed(0)
+    if kind == "llama_gqa":
+        return LlamaForCausalLM(LlamaConfig(**COMMON, num_key_value_heads=2))
+    if kind == "llama_tied":
+        return LlamaForCausalLM(LlamaConfig(**COMMON, num_key_value_heads=4, tie_word_embeddings=True))
+    model = Qwen2ForCausalLM(Qwen2Config(**COMMON, num_key_value_heads=2))  # q/k/v biases
+    with torch.no_grad():  # Qwen2 initialises its biases at zero: make them matter
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(0, 0.5)
+    return model
+
+
+def grouped_batch(groups=3, n=4, P=6, C=5, seed=1):
+    """Rows grouped by prompt (n each), prompts left-padded to different lengths, completions of lengths 1..C."""
+    g = torch.Generator().manual_seed(seed)
+    p_len = torch.tensor([P, P - 2, P - 1][:groups])
+    p_mask = (torch.arange(P) >= (P - p_len)[:, None]).long()
+    p_ids = torch.randint(3, 40, (groups, P), generator=g) * p_mask
+    lens = torch.randint(1, C + 1, (groups * n,), generator=g)
+    lens[0] = C
+    c_mask = (torch.arange(C) < lens[:, None]).long()
+    c_ids = torch.randint(3, 40, (groups * n, C), generator=g) * c_mask
+    return p_ids.repeat_interleave(n, 0), p_mask.repeat_interleave(n, 0), c_ids, c_mask
+
+
+@pytest.mark.parametrize("kind", ["llama_gqa", "llama_tied", "qwen2_bias"])
+def test_logits_and_gradients_match_transformers(kind):
+    model = tiny(kind)
+    assert lean.supported(model) is None
+    p_ids, p_mask, c_ids, c_mask = grouped_batch()
+    real = c_mask.bool()
+    weights = torch.randn(*c_ids.shape, 40, generator=torch.Generator().manual_seed(2))
+
+    def logits_and_grads(fn):
+        model.zero_grad()
+        logits = fn()
+        (logits * weights)[real].sum().backward()
+        return logits.detach(), [p.grad.clone() for p in model.parameters()]
+
+    ref, ref_grads = logits_and_grads(lambda: completion_logits(
+        model, torch.cat([p_ids, c_ids], 1), torch.cat([p_mask, c_mask], 1), c_ids.shape[1]))
+    got, got_grads = logits_and_grads(lambda: lean.LeanDecoder(model).completion_logits(p_ids, p_mask, c_ids, c_mask))
+    assert (ref - got)[real].abs().max() < 1e-5
+    for a, b in zip(ref_grads, got_grads):
+        assert (a - b).abs().max() <= 1e-5 * max(1.0, a.abs().max().item())
+    # a shared prefix gets the sum of its completions' gradients: the same as with every prompt its own row
+    ungrouped = [t[[0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11]] for t in (p_ids, p_mask, c_ids, c_mask)]
+    order = torch.tensor([0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11])
+    mixed = lean.LeanDecoder(model).completion_logits(*ungrouped)  # no two consecutive rows share a prompt
+    assert (mixed.detach() - got[order])[real[order]].abs().max() < 1e-5
+
+
+def test_sequence_logprobs_dispatch_and_a_wrong_model_is_caught():
+    model = tiny("llama_gqa")
+    p_ids, p_mask, c_ids, c_mask = grouped_batch()
+    plain, _ = sequence_logprobs(model, p_ids, p_mask, c_ids, c_mask)  # not enabled: transformers forward
+    assert lean.enable(model)
+    fast, _ = sequence_logprobs(model, p_ids, p_mask, c_ids, c_mask)
+    assert (plain - fast)[c_mask.bool()].abs().max() < 1e-5
+    with torch.no_grad():  # the comparison is sharp enough to see a 1e-3 change of one weight
+        model.model.layers[1].mlp.up_proj.weight[0, 0] += 1e-3
+    moved, _ = sequence_logprobs(model, p_ids, p_mask, c_ids, c_mask)
+    assert (moved - fast)[c_mask.bool()].abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("kind", ["llama_gqa", "qwen2_bias"])
+def test_sampling_matches_transformers_engine(kind):
+    model = tiny(kind)
+    prompts = [[1, 5, 6, 7], [1, 9], [1, 3, 4, 11, 12, 13]]
+    engine = HFEngine(model, eos_id=2, pad_id=0)
+    hf = engine.generate(prompts, 5, 7, 1.0, torch.Generator().manual_seed(3))
+    greedy_hf = engine.generate(prompts, 2, 7, 0.0)
+    lean.enable(model)
+    fast = engine.generate(prompts, 5, 7, 1.0, torch.Generator().manual_seed(3))
+    greedy_fast = engine.generate(prompts, 2, 7, 0.0)
+    assert torch.equal(hf.completion_ids, fast.completion_ids) and torch.equal(hf.finished, fast.finished)
+    assert (hf.sample_logprobs - fast.sample_logprobs).abs().max() < 1e-5
+    assert (hf.entropy - fast.entropy).abs().max() < 1e-5
+    assert torch.equal(greedy_hf.completion_ids, greedy_fast.completion_ids)
+    # the recorded sampling log-probs are those of a fresh forward over the sampled rows
+    lp, _ = sequence_logprobs(model, fast.prompt_ids, fast.prompt_mask, fast.completion_ids, fast.completion_mask)
+    real = fast.completion_mask.bool()
+    assert (lp - fast.sample_logprobs)[real].abs().max() < 1e-5
+
+
+def test_unsupported_architectures_fall_back():
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=40, n_embd=32, n_layer=1, n_head=4, n_positions=32))
+    assert "gpt2" in lean.supported(gpt2)
+    assert not lean.enable(gpt2) and not lean.enabled(gpt2)
+    torch.manual_seed(0)
+    rope_dynamic = LlamaForCausalLM(LlamaConfig(**COMMON, rope_parameters={"rope_type": "dynamic", "factor": 2.0,
+                                                                            "rope_theta": 10000.0}))
+    assert "rope" in lean.supported(rope_dynamic)
+
+
+def test_loader_enables_the_lean_path_unless_asked_not_to():
+    from tiltlm.models import load_model_and_tokenizer
+
+    assert lean.enabled(load_model_and_tokenizer("embedded")[0])
+    assert not lean.enabled(load_model_and_tokenizer("embedded", lean_forward=False)[0])
