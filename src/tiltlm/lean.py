@@ -124,9 +124,9 @@ class LeanDecoder:
         p_ids, p_mask = prompts.split(prompt_ids.shape[1], dim=1)
         G, P = p_ids.shape
         p_len = p_mask.sum(1)
-        # completions are right-padded: a completion token is real iff all before it are (mask may end early)
-        c_mask = completion_mask.bool()
-        p_flat, c_flat = p_mask.bool().flatten().nonzero().squeeze(1), c_mask.flatten().nonzero().squeeze(1)
+        # flat indices of the real tokens: prompts left-padded, completions right-padded (the mask is a prefix)
+        p_flat = p_mask.bool().flatten().nonzero().squeeze(1)
+        c_flat = completion_mask.bool().flatten().nonzero().squeeze(1)
         n_p = len(p_flat)
         positions = torch.cat([
             (p_mask.cumsum(1) - 1).flatten()[p_flat],

@@ -1,0 +1,126 @@
+"""Training-phase FLOP utilisation: executed GFLOP/s of the update's forward + backward against this CPU's matmul peak.
+
+    python benchmarks/flop_utilisation.py [--threads 2] [--repeats 9] [--out docs/flop_utilisation.json]
+
+For each workload of benchmarks/vs_trl.py -- (a) 8 prompts x 8 samples, <= 16 new tokens, ~1.1M-param random Llama;
+(b) the same with ~9.5M params; (c) the embedded base on its task at the quickstart's shape (64 prompts x 8 samples,
+<= 8 new tokens) -- one rollout batch is sampled, then the trainer's forward + backward (token log-probs with grad,
+a masked sum, backward) is timed with the lean forward and with the plain transformers forward, alternating, median
+over ``--repeats``. FLOPs are *counted*, not estimated: ``torch.utils.flop_counter.FlopCounterMode`` records every
+matmul, batched matmul and attention kernel the pass executes (forward and backward). The peak is measured in the same
+process the way ../shared/bench/cpu_peak.py does (fp32 2048^3 matmul, median of 7). Utilisation = executed GFLOP/s /
+peak. The lean forward executes fewer FLOPs for the same gradients (no padding, shared prompts); its utilisation is
+quoted on the FLOPs it executes, and "effective" GFLOP/s (the transformers forward's FLOPs / lean time) is listed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import vs_trl  # noqa: E402
+
+from tiltlm import lean  # noqa: E402
+from tiltlm.batch import left_pad  # noqa: E402
+from tiltlm.logprobs import sequence_logprobs  # noqa: E402
+from tiltlm.models import load_model_and_tokenizer  # noqa: E402
+from tiltlm.rollout import HFEngine  # noqa: E402
+from tiltlm.tasks.arithmetic import Arithmetic  # noqa: E402
+
+SHAPES = {"a": ("a_beta", 8, 8, 16), "b": ("b_beta", 8, 8, 16), "c": ("c", 64, 8, 8)}
+
+
+def matmul_peak(threads: int, n: int = 2048, reps: int = 7) -> float:
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(2):
+        a @ b
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def rollout(model, tok, prompts: int, samples: int, max_new: int):
+    import random
+
+    examples = Arithmetic(1, 3).sample_train(random.Random(0), prompts)
+    ids = [tok(e.prompt)["input_ids"] for e in examples]
+    gen = HFEngine(model, tok.eos_token_id, tok.pad_token_id).generate(ids, samples, max_new, 1.0,
+                                                                        torch.Generator().manual_seed(0))
+    return gen.prompt_ids, gen.prompt_mask, gen.completion_ids, gen.completion_mask
+
+
+def forward_backward(model, batch) -> None:
+    model.zero_grad(set_to_none=False)
+    p_ids, p_mask, c_ids, c_mask = batch
+    logp, _ = sequence_logprobs(model, p_ids, p_mask, c_ids, c_mask)
+    (logp * c_mask).sum().backward()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--workloads", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    ap.add_argument("--out", default="docs/flop_utilisation.json")
+    ns = ap.parse_args()
+    torch.set_num_threads(ns.threads)
+    work = Path(tempfile.mkdtemp(prefix="flops-"))
+    peaks = [matmul_peak(ns.threads)]
+    rows = {}
+    print(f"{'workload':8s} {'forward':7s} {'GFLOP':>7s} {'ms':>7s} {'GFLOP/s':>8s} {'of peak':>8s} {'effective':>9s}")
+    for name in ns.workloads:
+        spec_name, prompts, samples, max_new = SHAPES[name]
+        model_dir = vs_trl.make_model(vs_trl.WORKLOADS[spec_name], work / name)
+        model, tok = load_model_and_tokenizer(str(model_dir))
+        model.train()
+        batch = rollout(model, tok, prompts, samples, max_new)
+        flops, times = {}, {"lean": [], "transformers": []}
+        for variant, on in (("lean", True), ("transformers", False)):
+            object.__setattr__(model, lean.LEAN_ATTR, on)
+            with FlopCounterMode(display=False) as counter:
+                forward_backward(model, batch)
+            flops[variant] = counter.get_total_flops()
+        for _ in range(ns.repeats):  # alternate so that drifting machine speed hits both alike
+            for variant, on in (("lean", True), ("transformers", False)):
+                object.__setattr__(model, lean.LEAN_ATTR, on)
+                t = time.perf_counter()
+                forward_backward(model, batch)
+                times[variant].append(time.perf_counter() - t)
+        peaks.append(matmul_peak(ns.threads))
+        rows[name] = {"rows": int(batch[2].shape[0]), "completion_tokens": int(batch[3].sum()),
+                      "prompt_width": int(batch[0].shape[1]), "completion_width": int(batch[2].shape[1])}
+        for variant in ("lean", "transformers"):
+            sec = statistics.median(times[variant][1:])
+            rows[name][variant] = {"gflop": flops[variant] / 1e9, "median_s": sec,
+                                   "gflops": flops[variant] / sec / 1e9,
+                                   "effective_gflops": flops["transformers"] / sec / 1e9}
+    peak = statistics.median(peaks)
+    for name, r in rows.items():
+        for variant in ("lean", "transformers"):
+            v = r[variant]
+            v["utilisation"] = v["gflops"] / peak
+            print(f"{name:8s} {variant[:7]:7s} {v['gflop']:7.2f} {v['median_s'] * 1e3:7.1f} {v['gflops']:8.1f} "
+                  f"{v['utilisation']:8.0%} {v['effective_gflops']:9.1f}")
+    print(f"matmul peak (fp32 2048^3, {ns.threads} threads, median of {len(peaks)} measurements): {peak:.0f} GFLOP/s")
+    out = Path(__file__).resolve().parents[1] / ns.out
+    out.write_text(json.dumps({"command": " ".join(sys.argv), "threads": ns.threads, "peak_gflops": peak,
+                               "peaks": peaks, "workloads": rows}, indent=1), encoding="utf-8")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
