@@ -1,12 +1,13 @@
 """A lean forward pass for Llama-family decoders (Llama, Qwen2, Mistral without a sliding window), computed with the
 Hugging Face model's own parameters -- the same math as ``model(...)``, with less work on small models and CPUs:
 
-* **packed tokens**: every projection and MLP runs on one flat ``[tokens, hidden]`` matrix of real tokens only --
-  no left-padding of prompts, no right-padding after EOS -- so no FLOP is spent on padding;
+* **packed tokens**: every projection and MLP runs on one flat ``[tokens, hidden]`` matrix of the tokens that matter
+  -- no left-padding of prompts, no right-padding after EOS, not a completion's last token (it predicts nothing) --
+  so no FLOP is spent on padding;
 * **shared prompt prefixes**: a GRPO batch holds each prompt ``n`` times; the prompt is computed once and its keys
   and values are shared by the ``n`` completions (the gradient of a shared prefix is the sum over its completions,
   which ``index_select``'s backward computes exactly), so a prompt costs 1/n of its tokens in the update;
-* **fused projections**: q/k/v and gate/up are one matmul each (larger, faster GEMMs, fewer autograd nodes);
+* **fused projections** when sampling: q/k/v and gate/up are one matmul each, built once per batch;
 * **a static KV cache** for sampling, with no per-step mask building or cache bookkeeping in Python.
 
 It is used only where it is exact: ``supported(model)`` says why not otherwise, and the caller falls back to the
@@ -76,7 +77,9 @@ class LeanDecoder:
 
     # -- pieces shared by training and sampling --------------------------------------------------------------
     def fused(self, layer) -> tuple:
-        """(W_qkv, b_qkv or None, W_gate_up) of one layer: concatenated so each is a single matmul."""
+        """(W_qkv, b_qkv or None, W_gate_up) of one layer, concatenated so each is one matmul. Sampling builds them
+        once per batch and reuses them every token; training passes None (concatenating inside autograd costs more
+        than the larger matmuls save: measured 5% slower)."""
         a, m = layer.self_attn, layer.mlp
         w_qkv = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])
         b_qkv = None if a.q_proj.bias is None else torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias])
@@ -87,8 +90,12 @@ class LeanDecoder:
 
     def qkv(self, layer, fused, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         """Rotated q [N, H, D], k and v [N, KV, D] of flat tokens x [N, hidden]."""
-        w, b, _ = fused
-        qkv = F.linear(self.norm(x, layer.input_layernorm), w, b)
+        h, a = self.norm(x, layer.input_layernorm), layer.self_attn
+        if fused is None:
+            q, k, v = (F.linear(h, proj.weight, proj.bias) for proj in (a.q_proj, a.k_proj, a.v_proj))
+            q, k, v = q.view(-1, self.H, self.D), k.view(-1, self.KV, self.D), v.view(-1, self.KV, self.D)
+            return _rotate(q, cos, sin), _rotate(k, cos, sin), v
+        qkv = F.linear(h, fused[0], fused[1])
         qk, v = qkv.view(-1, self.H + 2 * self.KV, self.D).split([self.H + self.KV, self.KV], dim=1)
         q, k = _rotate(qk, cos, sin).split([self.H, self.KV], dim=1)  # one rotation for q and k together
         return q, k, v
@@ -101,8 +108,12 @@ class LeanDecoder:
     def finish_layer(self, layer, fused, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
         """Residual + o_proj of the attention output [N, H*D], then the residual gated MLP."""
         x = x + F.linear(attn, layer.self_attn.o_proj.weight)
-        gate, up = F.linear(self.norm(x, layer.post_attention_layernorm), fused[2]).chunk(2, dim=-1)
-        return x + F.linear(F.silu(gate) * up, layer.mlp.down_proj.weight)
+        h, m = self.norm(x, layer.post_attention_layernorm), layer.mlp
+        if fused is None:
+            gate, up = F.linear(h, m.gate_proj.weight), F.linear(h, m.up_proj.weight)
+        else:
+            gate, up = F.linear(h, fused[2]).chunk(2, dim=-1)
+        return x + F.linear(F.silu(gate) * up, m.down_proj.weight)
 
     def rope(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin [N, 1, D] for flat positions [N] (HF's rotary module, so every static rope type matches)."""
@@ -124,9 +135,10 @@ class LeanDecoder:
         p_ids, p_mask = prompts.split(prompt_ids.shape[1], dim=1)
         G, P = p_ids.shape
         p_len = p_mask.sum(1)
-        # flat indices of the real tokens: prompts left-padded, completions right-padded (the mask is a prefix)
+        # flat indices of the tokens to run: prompts left-padded, completions right-padded (the mask is a prefix).
+        # A completion's last token predicts nothing and no later token reads its key/value: it is left out.
         p_flat = p_mask.bool().flatten().nonzero().squeeze(1)
-        c_flat = completion_mask.bool().flatten().nonzero().squeeze(1)
+        c_flat = F.pad(completion_mask[:, 1:], (0, 1)).bool().flatten().nonzero().squeeze(1)
         n_p = len(p_flat)
         positions = torch.cat([
             (p_mask.cumsum(1) - 1).flatten()[p_flat],
@@ -152,14 +164,13 @@ class LeanDecoder:
             return t.transpose(1, 2).reshape(-1, self.H * self.D)[index]
 
         for layer in self.inner.layers:
-            fused = self.fused(layer)
-            q, k, v = self.qkv(layer, fused, x, cos, sin)
+            q, k, v = self.qkv(layer, None, x, cos, sin)
             kp, vp = padded(k[:n_p], p_flat, G, P), padded(v[:n_p], p_flat, G, P)
             out_p = self.attend(layer, padded(q[:n_p], p_flat, G, P), kp, vp, mask_p)
             k_c = torch.cat([kp.index_select(0, inv), padded(k[n_p:], c_flat, B, C)], dim=2)
             v_c = torch.cat([vp.index_select(0, inv), padded(v[n_p:], c_flat, B, C)], dim=2)
             out_c = self.attend(layer, padded(q[n_p:], c_flat, B, C), k_c, v_c, mask_c)
-            x = self.finish_layer(layer, fused, x, torch.cat([flat(out_p, p_flat), flat(out_c, c_flat)]))
+            x = self.finish_layer(layer, None, x, torch.cat([flat(out_p, p_flat), flat(out_c, c_flat)]))
         # completion token j is predicted at the prompt's last token (j = 0) or at completion token j - 1
         hidden = x.new_zeros(B * C, x.shape[1]).index_copy(0, c_flat, x[n_p:]).view(B, C, -1)
         last_prompt = x[p_len.cumsum(0) - 1].index_select(0, inv)
@@ -183,51 +194,45 @@ class LeanDecoder:
             q, k, v = (t.view(G, P, t.shape[1], self.D).transpose(1, 2) for t in (q, k, v))
             out = self.attend(layer, q, k, v, mask).transpose(1, 2).reshape(G * P, -1)
             x = self.finish_layer(layer, fw, x, out)
-            for store, t in ((keys, k), (values, v)):
+            for store, t in ((keys, k), (values, v)):  # [G, KV, P, D] -> [G * n * KV, P + max_new, D]
                 full = t.new_zeros(G, self.KV, P + max_new, self.D)
                 full[:, :, :P] = t
-                store.append(full.repeat_interleave(n, 0))
+                store.append(full.repeat_interleave(n, 0).flatten(0, 1))
         last = self.logits(x.view(G, P, -1)[:, -1])
-        return last, LeanCache(keys, values, prompt_mask.bool().repeat_interleave(n, 0), P, max_new, fused)
+        return last, LeanCache(keys, values, prompt_mask.bool().repeat_interleave(n, 0), P, max_new, fused, self.KV)
 
     @torch.no_grad()
     def decode(self, cache: LeanCache, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """One token per active row: writes its k/v at the cache's next column; returns logits [b, V]."""
-        col = cache.length
+        col, b = cache.length, len(tokens)
         x = self.inner.embed_tokens(tokens)
         cos, sin = self.rope(x, positions)
-        bias = torch.zeros(cache.key_mask.shape[0], col + 1, device=x.device).masked_fill_(
-            ~cache.key_mask[:, : col + 1], float("-inf")).unsqueeze(1)  # [b, 1, T]: -inf on padding keys
+        bias = torch.zeros(b, col + 1, device=x.device).masked_fill_(~cache.key_mask[:, : col + 1], float("-inf"))
+        bias = bias.repeat_interleave(self.KV, 0).unsqueeze(1)  # [b * KV, 1, T]: -inf on padding keys
         for i, (layer, fw) in enumerate(zip(self.inner.layers, cache.fused)):
             q, k, v = self.qkv(layer, fw, x, cos, sin)
-            cache.keys[i][:, :, col] = k
-            cache.values[i][:, :, col] = v
-            out = _decode_attention(q, cache.keys[i][:, :, : col + 1], cache.values[i][:, :, : col + 1], bias,
-                                    layer.self_attn.scaling)
+            cache.keys[i][:, col] = k.reshape(b * self.KV, self.D)
+            cache.values[i][:, col] = v.reshape(b * self.KV, self.D)
+            # one query per row: three batched matmuls over the cache's [b * KV, T, D] views, no copies (SDPA's
+            # CPU flash kernel is slow for a single query); the query heads sharing a key/value head go together
+            scores = torch.baddbmm(bias, q.reshape(b * self.KV, self.H // self.KV, self.D),
+                                   cache.keys[i][:, : col + 1].transpose(1, 2), alpha=layer.self_attn.scaling)
+            out = torch.bmm(scores.softmax(-1), cache.values[i][:, : col + 1]).view(b, self.H * self.D)
             x = self.finish_layer(layer, fw, x, out)
         cache.length += 1
         return self.logits(x)
 
 
-def _decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float):
-    """Attention of one query per row, q [b, H, D] over k, v [b, KV, T, D]: three batched matmuls (SDPA's CPU
-    flash kernel is slow for a single query). Returns [b, H*D]."""
-    b, H, D = q.shape
-    KV, T = k.shape[1], k.shape[2]
-    q = q.reshape(b * KV, H // KV, D)  # the query heads that share each key/value head
-    scores = torch.baddbmm(bias.repeat_interleave(KV, 0), q, k.reshape(b * KV, T, D).transpose(1, 2), alpha=scale)
-    return torch.bmm(scores.softmax(-1), v.reshape(b * KV, T, D)).view(b, H * D)
-
-
 class LeanCache:
-    """Per-layer keys/values [rows, KV, P + max_new, D]; ``key_mask`` [rows, P + max_new] marks real keys."""
+    """Per-layer keys/values [rows * KV, P + max_new, D]; ``key_mask`` [rows, P + max_new] marks real keys."""
 
-    def __init__(self, keys, values, prompt_mask: torch.Tensor, P: int, max_new: int, fused):
-        self.keys, self.values, self.fused, self.length = keys, values, fused, P
+    def __init__(self, keys, values, prompt_mask: torch.Tensor, P: int, max_new: int, fused, kv_heads: int):
+        self.keys, self.values, self.fused, self.length, self.kv_heads = keys, values, fused, P, kv_heads
         self.key_mask = torch.cat([prompt_mask, prompt_mask.new_ones(len(prompt_mask), max_new)], 1)
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep only ``rows`` (finished rows leave the batch)."""
-        self.keys = [k.index_select(0, rows) for k in self.keys]
-        self.values = [v.index_select(0, rows) for v in self.values]
+        flat = (rows.unsqueeze(1) * self.kv_heads + torch.arange(self.kv_heads, device=rows.device)).flatten()
+        self.keys = [k.index_select(0, flat) for k in self.keys]
+        self.values = [v.index_select(0, flat) for v in self.values]
         self.key_mask = self.key_mask.index_select(0, rows)
