@@ -11,6 +11,8 @@ warm-up), fp32, epsilon 0.2 and thread count; the loss is matched to TRL 1.16's 
 ``objective.aggregation=token_mean``; ``use_bias_correction_kl`` = ``objective.kl_correction``). Both do the same
 work: ``train.skip_zero_gradient_rows=false`` (TRL runs the backward pass on zero-advantage rows too).
 
+``--prompts trl`` gives (a)/(b) the reference script's own prompts ("what is 23+58? ") instead of the embedded task's.
+
 Workloads: (a) 8 prompts x 8 samples, <= 16 new tokens, a ~1.1M-parameter Llama (hidden 128, 4 layers), random
 weights, beta 0.04 and 0; (b) the same with a ~9.5M-parameter Llama (hidden 256, 9 layers); (c) the embedded base on
 its own task (rewards vary), beta 0.
@@ -73,14 +75,20 @@ def make_model(spec: dict, out: Path) -> Path:
     return out
 
 
-def make_prompts(out: Path, n: int = 2000) -> Path:
-    """The embedded task's training prompts with answers, as JSONL for both sides."""
+def make_prompts(out: Path, n: int = 2000, kind: str = "task") -> Path:
+    """Prompts with answers, as JSONL for both sides: the embedded task's training prompts (``task``, e.g. "63+4=",
+    about 8 tokens), or the reference script's own procedural prompts (``trl``, "what is 23+58? ", 16 tokens)."""
     import random
 
     from tiltlm.tasks.arithmetic import Arithmetic
 
-    rows = Arithmetic(1, 3).sample_train(random.Random(0), n)
-    out.write_text("".join(json.dumps({"prompt": e.prompt, "answer": e.answer}) + "\n" for e in rows), encoding="utf-8")
+    if kind == "trl":  # the same recipe as trl_grpo_cpu.py's build_dataset
+        rng = random.Random(0)
+        pairs = [(rng.randint(10, 99), rng.randint(10, 99)) for _ in range(n)]
+        rows = [{"prompt": f"what is {a}+{b}? ", "answer": str(a + b)} for a, b in pairs]
+    else:
+        rows = [{"prompt": e.prompt, "answer": e.answer} for e in Arithmetic(1, 3).sample_train(random.Random(0), n)]
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return out
 
 
@@ -134,18 +142,22 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--trl-python", default=os.environ.get("TRL_PYTHON", str(ROOT / ".bench-venv/bin/python")))
+    ap.add_argument("--prompts", choices=["task", "trl"], default="task",
+                    help="prompts of workloads (a)/(b): the embedded task's, or the reference script's own")
     ap.add_argument("--out", default="docs/vs_trl.json")
     ns = ap.parse_args()
     if not Path(ns.trl_python).exists() or not TRL_SCRIPT.exists():
         sys.exit(f"vs_trl: need TRL's venv python ({ns.trl_python}) and {TRL_SCRIPT}; see ../shared/README.md")
     work = Path(tempfile.mkdtemp(prefix="vs-trl-"))
-    prompts = make_prompts(work / "prompts.jsonl")
+    task_prompts = make_prompts(work / "prompts.jsonl")
+    random_model_prompts = make_prompts(work / "prompts_trl.jsonl", kind="trl") if ns.prompts == "trl" else task_prompts
     results = {}
     print(f"{'workload':10s} {'tiltlm s/step':>13s} {'TRL s/step':>11s} {'speed-up':>9s} {'tiltlm tok/s':>12s} "
           f"{'TRL tok/s':>10s} {'tiltlm MiB':>10s} {'TRL MiB':>8s}", flush=True)
     for name in ns.workloads:
         spec = WORKLOADS[name]
         model = make_model(spec, work / f"model_{name}")
+        prompts = task_prompts if spec["model"] == "embedded" else random_model_prompts
         sides: dict[str, list[dict]] = {"tiltlm": [], "trl": []}
         for rep in range(ns.repeats):  # alternate A B A B: drifting machine load hits both sides alike
             sides["tiltlm"].append(run_tiltlm(model, prompts, spec, ns, work, f"{name}-tiltlm-{rep}"))
@@ -158,7 +170,7 @@ def main() -> int:
               f"{ours['peak_rss_mb']:10.0f} {theirs['peak_rss_mb']:8.0f}", flush=True)
     out = ROOT / ns.out
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"command": " ".join(sys.argv), "repeats": ns.repeats, "steps": ns.steps, "warmup": ns.warmup,
+    meta = {"command": " ".join(sys.argv), "prompts": ns.prompts, "repeats": ns.repeats, "steps": ns.steps, "warmup": ns.warmup,
             "threads": ns.threads, "workload": {"prompts": PROMPTS, "samples": SAMPLES, "max_new_tokens": MAX_NEW,
                                                 "lr": LR}}
     out.write_text(json.dumps({"meta": meta, "results": results}, indent=1), encoding="utf-8")

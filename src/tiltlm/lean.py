@@ -58,11 +58,10 @@ def enabled(model) -> bool:
     return bool(getattr(model, LEAN_ATTR, False))
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding, HF's convention: x*cos + rotate_half(x)*sin (halves, not interleaved pairs)."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin
+def _rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding, HF's convention x*cos + rotate_half(x)*sin with rotate_half(x) = [-x2, x1]: written as
+    roll(x)*signed_sin, where signed_sin carries the minus sign of the first half (one op instead of neg + cat)."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
 
 
 class LeanDecoder:
@@ -116,9 +115,10 @@ class LeanDecoder:
         return x + F.linear(F.silu(gate) * up, m.down_proj.weight)
 
     def rope(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin [N, 1, D] for flat positions [N] (HF's rotary module, so every static rope type matches)."""
+        """cos, signed sin [N, 1, D] for flat positions [N] (HF's rotary module: every static rope type matches)."""
         cos, sin = self.inner.rotary_emb(x, positions.unsqueeze(0))
-        return cos[0].unsqueeze(1), sin[0].unsqueeze(1)
+        half = sin.shape[-1] // 2
+        return cos[0].unsqueeze(1), torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1).unsqueeze(1)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.lm_head(self.norm(x, self.inner.norm))

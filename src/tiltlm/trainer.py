@@ -248,7 +248,7 @@ def update(
     (``logprobs.TOKEN_STATS``: entropy, mean log-softmax) are computed only if the objective's ``token_stats`` asks.
     """
     timer = timer or PhaseTimer()
-    optimizer.zero_grad(set_to_none=False)  # zero (not None) grads: an empty batch still steps as a zero gradient
+    optimizer.zero_grad(set_to_none=True)  # the first backward stores its gradient instead of adding it to zeros
     sums: dict[str, float] = {}
     tokens = max(1, int(batch.completion_mask.sum()))
     total_loss = 0.0
@@ -269,6 +269,9 @@ def update(
             for name, value in stats.items():
                 sums[name] = sums.get(name, 0.0) + value[mask].sum().item()
     with timer.phase("optimizer"):
+        for p in params:  # a parameter no row reached (or an empty batch) still steps, with a zero gradient
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
         optimizer.step()
         scheduler.step()
