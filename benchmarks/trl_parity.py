@@ -70,10 +70,11 @@ def tiltlm_side(work: Path) -> dict:
     old, ref = perturbed(s.model, 0.003, 1), perturbed(s.model, 0.01, 2)
     batch.sample_logprobs = s.logprobs_without_grad(old, batch)  # pi_old != pi_theta: ratios are not 1
     batch.ref_logprobs = s.logprobs_without_grad(ref, batch)
-    save_file({"prompt_ids": batch.prompt_ids, "prompt_mask": batch.prompt_mask,
+    tensors = {"prompt_ids": batch.prompt_ids, "prompt_mask": batch.prompt_mask,
                "completion_ids": batch.completion_ids, "completion_mask": batch.completion_mask,
-               "rewards": batch.rewards.float(), "old_logprobs": batch.sample_logprobs.contiguous(),
-               "ref_logprobs": batch.ref_logprobs.contiguous()}, str(work / "batch.safetensors"))
+               "rewards": batch.rewards.float(), "old_logprobs": batch.sample_logprobs,
+               "ref_logprobs": batch.ref_logprobs}
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(work / "batch.safetensors"))
     results, cases = {}, []
     for loss_type, aggregation in CASES:
         for beta, correction in ((0.0, False), (0.04, False), (0.04, True)):
