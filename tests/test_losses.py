@@ -228,3 +228,28 @@ def test_entropy_bonus_golden():
     assert token_loss[0, 0].item() == pytest.approx(-0.01 * 1.029653, abs=1e-6)
     token_loss[0, 0].backward()
     assert logits.grad.tolist() == pytest.approx([0.00168252, -0.00052296, -0.00115956], abs=1e-7)
+
+
+def test_update_steps_untouched_and_empty_batches_with_zero_gradients():
+    """Gradients start as None (the first backward stores, not adds), yet a parameter no row reaches -- or every
+    parameter, on an empty batch -- still steps with a zero gradient, so AdamW's momentum carries on."""
+    from tiltlm.objectives import AGGREGATIONS
+    from tiltlm.trainer import update
+
+    used, unused = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(3))
+    opt = torch.optim.AdamW([used, unused], lr=0.1, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    objective = ClippedPolicyGradient()
+
+    def logprob_fn(mb, stats):
+        return (mb.sample_logprobs + used).clone(), {}  # pi_theta = pi_old * exp(used[t]): ratio exp(used)
+
+    batch = fixture_batch()
+    batch.loss_weights = AGGREGATIONS["token_mean"](batch.completion_mask, 3.0)
+    update(logprob_fn, batch, objective, opt, sched, [used, unused], 4, 0.0)
+    assert used.grad is not None and used.grad.abs().sum() > 0
+    assert unused.grad is not None and torch.equal(unused.grad, torch.zeros(3))
+    moved = used.detach().clone()
+    update(logprob_fn, batch.select(torch.zeros(4, dtype=torch.bool)), objective, opt, sched, [used, unused], 4, 0.0)
+    assert torch.equal(used.grad, torch.zeros(3))  # empty batch: zero gradient ...
+    assert not torch.equal(used.detach(), moved)  # ... but the step still moves the parameter (momentum)
