@@ -30,7 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import vs_trl  # noqa: E402
 
 from tiltlm import lean  # noqa: E402
-from tiltlm.batch import left_pad  # noqa: E402
 from tiltlm.logprobs import sequence_logprobs  # noqa: E402
 from tiltlm.models import load_model_and_tokenizer  # noqa: E402
 from tiltlm.rollout import HFEngine  # noqa: E402

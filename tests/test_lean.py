@@ -121,3 +121,19 @@ def test_loader_enables_the_lean_path_unless_asked_not_to():
 
     assert lean.enabled(load_model_and_tokenizer("embedded")[0])
     assert not lean.enabled(load_model_and_tokenizer("embedded", lean_forward=False)[0])
+
+
+def test_half_precision_follows_transformers():
+    """bf16: RMSNorm statistics in float32 as in transformers; logits agree to bf16 precision and sampling runs."""
+    model = tiny("llama_gqa").to(torch.bfloat16)
+    p_ids, p_mask, c_ids, c_mask = grouped_batch()
+    with torch.no_grad():
+        ref = completion_logits(model, torch.cat([p_ids, c_ids], 1), torch.cat([p_mask, c_mask], 1), c_ids.shape[1])
+        got = lean.LeanDecoder(model).completion_logits(p_ids, p_mask, c_ids, c_mask)
+    real = c_mask.bool()
+    assert got.dtype == torch.bfloat16
+    assert (ref.float() - got.float())[real].abs().max() < 0.05 * ref.float()[real].abs().max()
+    lean.enable(model)
+    out = HFEngine(model, eos_id=2, pad_id=0).generate([[1, 5, 6], [1, 9]], 3, 5, 1.0, torch.Generator().manual_seed(0))
+    lp, _ = sequence_logprobs(model, out.prompt_ids, out.prompt_mask, out.completion_ids, out.completion_mask)
+    assert (lp - out.sample_logprobs)[out.completion_mask.bool()].abs().max() < 0.1

@@ -85,7 +85,10 @@ class LeanDecoder:
         return w_qkv, b_qkv, torch.cat([m.gate_proj.weight, m.up_proj.weight])
 
     def norm(self, x: torch.Tensor, module) -> torch.Tensor:
-        return F.rms_norm(x, (x.shape[-1],), module.weight, self.eps)
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, (x.shape[-1],), module.weight, self.eps)
+        # as transformers' RMSNorm in half precision: statistics in float32, the weight applied after casting back
+        return module.weight * F.rms_norm(x.float(), (x.shape[-1],), None, self.eps).to(x.dtype)
 
     def qkv(self, layer, fused, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         """Rotated q [N, H, D], k and v [N, KV, D] of flat tokens x [N, hidden]."""
@@ -208,7 +211,8 @@ class LeanDecoder:
         col, b = cache.length, len(tokens)
         x = self.inner.embed_tokens(tokens)
         cos, sin = self.rope(x, positions)
-        bias = torch.zeros(b, col + 1, device=x.device).masked_fill_(~cache.key_mask[:, : col + 1], float("-inf"))
+        bias = torch.zeros(b, col + 1, dtype=x.dtype, device=x.device).masked_fill_(~cache.key_mask[:, : col + 1],
+                                                                                   float("-inf"))
         bias = bias.repeat_interleave(self.KV, 0).unsqueeze(1)  # [b * KV, 1, T]: -inf on padding keys
         for i, (layer, fw) in enumerate(zip(self.inner.layers, cache.fused)):
             q, k, v = self.qkv(layer, fw, x, cos, sin)
