@@ -64,6 +64,15 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> tor
     return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
 
 
+def _prompt_attention_mask(prompt_mask: torch.Tensor) -> torch.Tensor:
+    """[G, 1, P, P] boolean mask of left-padded prompts: causal over real tokens; a padding query sees itself, so no
+    row of the softmax is empty (its output is never read)."""
+    P = prompt_mask.shape[1]
+    causal = torch.ones(P, P, dtype=torch.bool, device=prompt_mask.device).tril()
+    eye = torch.eye(P, dtype=torch.bool, device=prompt_mask.device)
+    return ((causal & prompt_mask.bool()[:, None, :]) | eye).unsqueeze(1)
+
+
 class LeanDecoder:
     """The forward of a supported HF causal LM, written out. Holds no parameters of its own."""
 
@@ -150,11 +159,8 @@ class LeanDecoder:
         ])
         x = self.inner.embed_tokens(torch.cat([p_ids.flatten()[p_flat], completion_ids.flatten()[c_flat]]))
         cos, sin = self.rope(x, positions)
-        # attention masks on the padded layouts: prompts causal over their real tokens (a padding query sees itself
-        # so no row is empty); completions see their prompt's real tokens and themselves causally
-        causal_p = torch.ones(P, P, dtype=torch.bool, device=dev).tril()
-        eye_p = torch.eye(P, dtype=torch.bool, device=dev)
-        mask_p = ((causal_p & p_mask.bool()[:, None, :]) | eye_p).unsqueeze(1)
+        # attention masks on the padded layouts: completions see their prompt's real tokens and themselves causally
+        mask_p = _prompt_attention_mask(p_mask)
         causal_c = torch.ones(C, C, dtype=torch.bool, device=dev).tril()
         mask_c = torch.cat([p_mask.bool()[inv][:, None, :].expand(B, C, P), causal_c.expand(B, C, C)], 2).unsqueeze(1)
 
@@ -190,8 +196,7 @@ class LeanDecoder:
         pos = (prompt_mask.cumsum(1) - 1).clamp(min=0)
         x = self.inner.embed_tokens(prompt_ids).flatten(0, 1)
         cos, sin = self.rope(x, pos.flatten())
-        causal = torch.ones(P, P, dtype=torch.bool, device=x.device).tril()
-        mask = ((causal & prompt_mask.bool()[:, None, :]) | torch.eye(P, dtype=torch.bool, device=x.device)).unsqueeze(1)
+        mask = _prompt_attention_mask(prompt_mask)
         keys, values = [], []
         for layer, fw in zip(self.inner.layers, fused):
             q, k, v = self.qkv(layer, fw, x, cos, sin)
