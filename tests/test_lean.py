@@ -137,3 +137,24 @@ def test_half_precision_follows_transformers():
     out = HFEngine(model, eos_id=2, pad_id=0).generate([[1, 5, 6], [1, 9]], 3, 5, 1.0, torch.Generator().manual_seed(0))
     lp, _ = sequence_logprobs(model, out.prompt_ids, out.prompt_mask, out.completion_ids, out.completion_mask)
     assert (lp - out.sample_logprobs)[out.completion_mask.bool()].abs().max() < 0.1
+
+
+def test_a_wrapped_projection_sends_the_model_back_to_its_own_forward():
+    """An adapter injected after loading (here a Linear subclass that adds a low-rank term, as LoRA does) must not
+    be bypassed: the lean path switches itself off and the model's own forward (with the adapter) is used."""
+
+    class Adapted(torch.nn.Linear):
+        def forward(self, x):
+            return super().forward(x) + 0.5 * x[..., : self.out_features]
+
+    model = tiny("llama_tied")
+    assert lean.enable(model) and lean.enabled(model)
+    p_ids, p_mask, c_ids, c_mask = grouped_batch()
+    before, _ = sequence_logprobs(model, p_ids, p_mask, c_ids, c_mask)
+    old = model.model.layers[0].mlp.down_proj
+    adapted = Adapted(old.in_features, old.out_features, bias=False)
+    adapted.weight = old.weight
+    model.model.layers[0].mlp.down_proj = adapted
+    assert not lean.enabled(model) and "nn.Linear" in lean.supported(model)
+    after, _ = sequence_logprobs(model, p_ids, p_mask, c_ids, c_mask)
+    assert (after - before)[c_mask.bool()].abs().max() > 1e-4  # the adapter acts

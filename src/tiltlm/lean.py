@@ -44,7 +44,18 @@ def supported(model) -> str | None:
     layer = inner.layers[0].self_attn
     if any(hasattr(layer, n) for n in ("q_norm", "k_norm")) or getattr(layer.o_proj, "bias", None) is not None:
         return "attention with q/k norms or an output bias"
+    if not _plain_linears(model):
+        return "projections are not plain nn.Linear (adapters such as LoRA would be bypassed)"
     return None
+
+
+def _plain_linears(model) -> bool:
+    """Every projection is exactly ``nn.Linear``: the lean forward reads ``.weight`` directly, so a wrapped layer
+    (a LoRA adapter injected in place, a quantised linear) must send the model back to its own forward."""
+    names = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    return all(type(getattr(getattr(layer, part), name)) is torch.nn.Linear
+               for layer in model.model.layers for part, group in (("self_attn", names[:4]), ("mlp", names[4:]))
+               for name in group)
 
 
 def enable(model) -> bool:
@@ -55,7 +66,8 @@ def enable(model) -> bool:
 
 
 def enabled(model) -> bool:
-    return bool(getattr(model, LEAN_ATTR, False))
+    """Marked by ``enable`` and still made of plain linears (re-checked: adapters may be injected after loading)."""
+    return bool(getattr(model, LEAN_ATTR, False)) and _plain_linears(model)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
