@@ -88,13 +88,13 @@ def main() -> int:
         batch = rollout(model, tok, prompts, samples, max_new)
         flops, times = {}, {"lean": [], "transformers": []}
         for variant, on in (("lean", True), ("transformers", False)):
-            object.__setattr__(model, lean.LEAN_ATTR, on)
+            lean.enable(model, on)
             with FlopCounterMode(display=False) as counter:
                 forward_backward(model, batch)
             flops[variant] = counter.get_total_flops()
         for _ in range(ns.repeats):  # alternate so that drifting machine speed hits both alike
             for variant, on in (("lean", True), ("transformers", False)):
-                object.__setattr__(model, lean.LEAN_ATTR, on)
+                lean.enable(model, on)
                 t = time.perf_counter()
                 forward_backward(model, batch)
                 times[variant].append(time.perf_counter() - t)

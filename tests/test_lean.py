@@ -158,3 +158,9 @@ def test_a_wrapped_projection_sends_the_model_back_to_its_own_forward():
     assert not lean.enabled(model) and "nn.Linear" in lean.supported(model)
     after, _ = sequence_logprobs(model, p_ids, p_mask, c_ids, c_mask)
     assert (after - before)[c_mask.bool()].abs().max() > 1e-4  # the adapter acts
+
+
+def test_enable_off_unmarks_a_supported_model():
+    model = tiny("llama_gqa")
+    assert lean.enable(model) and lean.enabled(model)
+    assert not lean.enable(model, on=False) and not lean.enabled(model)

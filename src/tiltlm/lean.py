@@ -58,9 +58,9 @@ def _plain_linears(model) -> bool:
                for name in group)
 
 
-def enable(model) -> bool:
-    """Mark ``model`` for the lean path if it is supported; returns whether it was."""
-    ok = supported(model) is None
+def enable(model, on: bool = True) -> bool:
+    """Mark ``model`` for the lean path if it is supported (``on=False`` unmarks it); returns whether it is marked."""
+    ok = on and supported(model) is None
     object.__setattr__(model, LEAN_ATTR, ok)  # a plain attribute, not a registered submodule or buffer
     return ok
 

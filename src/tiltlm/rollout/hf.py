@@ -89,11 +89,12 @@ class HFEngine:
         return Generation(
             prompt_ids=ids,
             prompt_mask=mask,
-            completion_ids=tokens[:, :steps],
-            completion_mask=completion_mask[:, :steps],
-            sample_logprobs=logps[:, :steps],
-            entropy=ents[:, :steps],
-            mean_logsoftmax=means[:, :steps],
+            # contiguous copies of the columns used: downstream code (e.g. safetensors) may need contiguity
+            completion_ids=tokens[:, :steps].contiguous(),
+            completion_mask=completion_mask[:, :steps].contiguous(),
+            sample_logprobs=logps[:, :steps].contiguous(),
+            entropy=ents[:, :steps].contiguous(),
+            mean_logsoftmax=means[:, :steps].contiguous(),
             finished=finished,
         )
 
