@@ -125,7 +125,8 @@ def _bad_jsonl(tmp_path, text):
 
 
 @pytest.mark.parametrize("case", ["missing_model", "malformed_yaml", "unknown_key", "empty_dataset", "no_answer",
-                                  "bad_type", "unknown_objective", "bad_k", "bad_family"])
+                                  "bad_type", "unknown_objective", "bad_k", "bad_family", "bad_matmul_dtype",
+                                  "bf16_without_lean"])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, case):
     runs = tmp_path / "runs"
     args = ["train", f"log.run_dir={runs}", *SMALL]
@@ -160,6 +161,12 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, case):
     elif case == "bad_family":
         args.append("eval.forgetting=[{name: arithmetic, max_digit: 2}]")
         needles = ("unknown config key 'eval.forgetting[0].max_digit'", "max_digits")
+    elif case == "bad_matmul_dtype":
+        args.append("runtime.matmul_dtype=fp8")
+        needles = ("unknown runtime.matmul_dtype 'fp8'", "bfloat16")
+    elif case == "bf16_without_lean":
+        args += ["runtime.matmul_dtype=bfloat16", "runtime.lean_forward=false"]
+        needles = ("runtime.matmul_dtype=bfloat16 needs the lean forward", "runtime.lean_forward is false")
     proc = tiltlm(*args)
     assert_one_line_error(proc, *needles)
     assert not runs.exists() or not any(runs.iterdir())

@@ -164,3 +164,46 @@ def test_enable_off_unmarks_a_supported_model():
     model = tiny("llama_gqa")
     assert lean.enable(model) and lean.enabled(model)
     assert not lean.enable(model, on=False) and not lean.enabled(model)
+
+
+@pytest.mark.parametrize("kind", ["llama_gqa", "qwen2_bias"])
+def test_bf16_matmuls_stay_within_bf16_error_of_float32(kind):
+    """runtime.matmul_dtype=bfloat16: the projections run in bf16 (so results do differ from float32), the
+    parameters and their gradients stay float32, and logits / gradients stay within bf16 rounding of float32."""
+    model = tiny(kind)
+    p_ids, p_mask, c_ids, c_mask = grouped_batch()
+    real = c_mask.bool()
+    weights = torch.randn(*c_ids.shape, 40, generator=torch.Generator().manual_seed(2))
+
+    def logits_and_grads():
+        model.zero_grad()
+        logits = lean.LeanDecoder(model).completion_logits(p_ids, p_mask, c_ids, c_mask)
+        (logits * weights)[real].sum().backward()
+        return logits.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    assert lean.enable(model)
+    ref, ref_grad = logits_and_grads()
+    assert lean.enable(model, matmul_dtype=torch.bfloat16)
+    got, got_grad = logits_and_grads()
+    assert got.dtype == torch.float32 and all(p.grad.dtype == torch.float32 for p in model.parameters())
+    err = (got - ref)[real].abs().max()
+    assert 1e-6 < err < 0.02 * ref[real].abs().max()  # engaged (not float32), but only bf16 rounding away
+    cos = torch.nn.functional.cosine_similarity(got_grad.double(), ref_grad.double(), 0)
+    assert cos > 0.999 and (got_grad - ref_grad).norm() < 0.03 * ref_grad.norm()
+
+
+def test_bf16_sampling_logprobs_agree_with_the_bf16_training_forward():
+    """The PPO ratio at mu = 1 compares sampling log-probs with the training forward's: under bf16 matmuls both are
+    bf16 computations of different shapes, so the ratio is no longer exactly 1 -- but it stays within 1e-2."""
+    model = tiny("llama_gqa")
+    assert lean.enable(model, matmul_dtype=torch.bfloat16)
+    out = HFEngine(model, eos_id=2, pad_id=0).generate([[1, 5, 6, 7], [1, 9], [1, 3, 4]], 4, 6, 1.0,
+                                                       torch.Generator().manual_seed(0))
+    lp, _ = sequence_logprobs(model, out.prompt_ids, out.prompt_mask, out.completion_ids, out.completion_mask)
+    diff = (lp - out.sample_logprobs)[out.completion_mask.bool()].abs()
+    assert diff.max() < 1e-2
+    lean.enable(model)  # and float32 sampling of the same model is a different computation
+    exact = HFEngine(model, eos_id=2, pad_id=0).generate([[1, 5, 6, 7], [1, 9], [1, 3, 4]], 4, 6, 1.0,
+                                                         torch.Generator().manual_seed(0))
+    lp32, _ = sequence_logprobs(model, exact.prompt_ids, exact.prompt_mask, exact.completion_ids, exact.completion_mask)
+    assert (lp32 - exact.sample_logprobs)[exact.completion_mask.bool()].abs().max() < 1e-5

@@ -179,6 +179,10 @@ class RuntimeConfig:
     device: str = f("cpu", "cpu | cuda | cuda:N")
     lean_forward: bool = f(True, "score and sample Llama/Qwen2 models with the lean forward (packed tokens, shared "
                                  "prompts; same math, lean.py); false = the plain transformers forward")
+    matmul_dtype: str = f("float32", "dtype of the decoder layers' projections on the lean forward: float32 (exact) "
+                                     "| bfloat16 (mixed precision: bf16 matmul inputs, everything else and the "
+                                     "parameters in model.dtype; fast on CPUs with AVX512-BF16/AMX, see "
+                                     "docs/performance.md)")
 
 
 @dataclass

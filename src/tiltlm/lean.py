@@ -8,7 +8,12 @@ Hugging Face model's own parameters -- the same math as ``model(...)``, with les
   and values are shared by the ``n`` completions (the gradient of a shared prefix is the sum over its completions,
   which ``index_select``'s backward computes exactly), so a prompt costs 1/n of its tokens in the update;
 * **fused projections** when sampling: q/k/v and gate/up are one matmul each, built once per batch;
-* **a static KV cache** for sampling, with no per-step mask building or cache bookkeeping in Python.
+* **a static KV cache** for sampling, with no per-step mask building or cache bookkeeping in Python;
+* optionally **bf16 matmuls** (``enable(model, matmul_dtype=torch.bfloat16)``, ``runtime.matmul_dtype``): the
+  decoder layers' projections take bf16 inputs and weights (CPUs with AVX512-BF16/AMX, GPUs), everything else -- the
+  residual stream, norms, RoPE, attention, the LM head, softmax, the parameters and their gradients -- stays in the
+  parameters' dtype. Mixed precision in the sense of Micikevicius et al. 2018 ("Mixed Precision Training"); no
+  longer exact, so the tests bound its error against float32 instead of asking for equality.
 
 It is used only where it is exact: ``supported(model)`` says why not otherwise, and the caller falls back to the
 plain ``transformers`` forward. tests/test_lean.py checks logits, gradients and sampled log-probs against it.
@@ -20,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 LEAN_ATTR = "tiltlm_lean"  # set on a model that passed ``supported``: the lean path is then used for it
+MATMUL_ATTR = "tiltlm_matmul_dtype"  # dtype of the layers' projections on the lean path (None: the model's own)
 _STATIC_ROPE = {"default", "linear", "llama3", "yarn"}  # inv_freq does not depend on the sequence length
 
 
@@ -58,10 +64,12 @@ def _plain_linears(model) -> bool:
                for name in group)
 
 
-def enable(model, on: bool = True) -> bool:
-    """Mark ``model`` for the lean path if it is supported (``on=False`` unmarks it); returns whether it is marked."""
+def enable(model, on: bool = True, matmul_dtype: torch.dtype | None = None) -> bool:
+    """Mark ``model`` for the lean path if it is supported (``on=False`` unmarks it); returns whether it is marked.
+    ``matmul_dtype`` (e.g. ``torch.bfloat16``) runs the decoder layers' projections in that dtype."""
     ok = on and supported(model) is None
-    object.__setattr__(model, LEAN_ATTR, ok)  # a plain attribute, not a registered submodule or buffer
+    object.__setattr__(model, LEAN_ATTR, ok)  # plain attributes, not registered submodules or buffers
+    object.__setattr__(model, MATMUL_ATTR, matmul_dtype if ok else None)
     return ok
 
 
@@ -94,16 +102,37 @@ class LeanDecoder:
         self.H, self.KV = cfg.num_attention_heads, cfg.num_key_value_heads
         self.D = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.H
         self.eps = cfg.rms_norm_eps
+        mm = getattr(model, MATMUL_ATTR, None)
+        self.mm_dtype = mm if mm is not None and mm != model.lm_head.weight.dtype else None
+        self._cast: dict[int, torch.Tensor] = {}  # weights cast to mm_dtype, once per decoder (= per forward)
+
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``F.linear`` in ``mm_dtype`` when set: inputs and weights cast (each weight once per forward, inside
+        autograd so its gradient flows back in the parameter's dtype), the output cast back."""
+        if self.mm_dtype is None:
+            return F.linear(x, weight, bias)
+        return F.linear(x.to(self.mm_dtype), self.low(weight), None if bias is None else self.low(bias)).to(x.dtype)
+
+    def low(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` in ``mm_dtype``; a parameter is cast once per decoder (keyed by identity: parameters outlive it)."""
+        if t.dtype == self.mm_dtype:
+            return t
+        key = id(t)
+        if key not in self._cast:
+            self._cast[key] = t.to(self.mm_dtype)
+        return self._cast[key]
 
     # -- pieces shared by training and sampling --------------------------------------------------------------
     def fused(self, layer) -> tuple:
-        """(W_qkv, b_qkv or None, W_gate_up) of one layer, concatenated so each is one matmul. Sampling builds them
-        once per batch and reuses them every token; training passes None (concatenating inside autograd costs more
+        """(W_qkv, b_qkv or None, W_gate_up, W_o, W_down) of one layer, q/k/v and gate/up concatenated so each is one
+        matmul (and cast to ``mm_dtype``). Sampling builds them once per batch and reuses them every token; training
+        passes None (concatenating inside autograd costs more
         than the larger matmuls save: measured 5% slower)."""
         a, m = layer.self_attn, layer.mlp
         w_qkv = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])
         b_qkv = None if a.q_proj.bias is None else torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias])
-        return w_qkv, b_qkv, torch.cat([m.gate_proj.weight, m.up_proj.weight])
+        out = (w_qkv, b_qkv, torch.cat([m.gate_proj.weight, m.up_proj.weight]), a.o_proj.weight, m.down_proj.weight)
+        return out if self.mm_dtype is None else tuple(None if t is None else t.to(self.mm_dtype) for t in out)
 
     def norm(self, x: torch.Tensor, module) -> torch.Tensor:
         if x.dtype == torch.float32:
@@ -115,10 +144,12 @@ class LeanDecoder:
         """Rotated q [N, H, D], k and v [N, KV, D] of flat tokens x [N, hidden]."""
         h, a = self.norm(x, layer.input_layernorm), layer.self_attn
         if fused is None:
-            q, k, v = (F.linear(h, proj.weight, proj.bias) for proj in (a.q_proj, a.k_proj, a.v_proj))
+            if self.mm_dtype is not None:  # cast the normed input once for its three projections
+                h = h.to(self.mm_dtype)
+            q, k, v = (self.linear(h, proj.weight, proj.bias).to(x.dtype) for proj in (a.q_proj, a.k_proj, a.v_proj))
             q, k, v = q.view(-1, self.H, self.D), k.view(-1, self.KV, self.D), v.view(-1, self.KV, self.D)
             return _rotate(q, cos, sin), _rotate(k, cos, sin), v
-        qkv = F.linear(h, fused[0], fused[1])
+        qkv = self.linear(h, fused[0], fused[1])
         qk, v = qkv.view(-1, self.H + 2 * self.KV, self.D).split([self.H + self.KV, self.KV], dim=1)
         q, k = _rotate(qk, cos, sin).split([self.H, self.KV], dim=1)  # one rotation for q and k together
         return q, k, v
@@ -131,13 +162,15 @@ class LeanDecoder:
     def finish_layer(self, layer, fused, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
         """Residual + o_proj of the attention output [N, H*D], then the residual gated MLP. (Folding the residual
         adds into addmm was measured: no faster, and further from the transformers forward's rounding.)"""
-        x = x + F.linear(attn, layer.self_attn.o_proj.weight)
+        x = x + self.linear(attn, layer.self_attn.o_proj.weight if fused is None else fused[3])
         h, m = self.norm(x, layer.post_attention_layernorm), layer.mlp
         if fused is None:
-            gate, up = F.linear(h, m.gate_proj.weight), F.linear(h, m.up_proj.weight)
+            if self.mm_dtype is not None:
+                h = h.to(self.mm_dtype)
+            gate, up = self.linear(h, m.gate_proj.weight).to(x.dtype), self.linear(h, m.up_proj.weight).to(x.dtype)
         else:
-            gate, up = F.linear(h, fused[2]).chunk(2, dim=-1)
-        return x + F.linear(F.silu(gate) * up, m.down_proj.weight)
+            gate, up = self.linear(h, fused[2]).chunk(2, dim=-1)
+        return x + self.linear(F.silu(gate) * up, m.down_proj.weight if fused is None else fused[4])
 
     def rope(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, signed sin [N, 1, D] for flat positions [N] (HF's rotary module: every static rope type matches)."""

@@ -90,10 +90,12 @@ def resolve_model_path(path: str) -> Path:
     return p
 
 
-def load_model_and_tokenizer(path: str, dtype: torch.dtype = torch.float32, lean_forward: bool = True):
+def load_model_and_tokenizer(path: str, dtype: torch.dtype = torch.float32, lean_forward: bool = True,
+                             matmul_dtype: torch.dtype | None = None):
     """Load a causal LM and its tokenizer from a local directory (never from a hub; safetensors only).
 
-    ``lean_forward``: score and sample with tiltlm's lean forward (lean.py) when it is exact for the architecture."""
+    ``lean_forward``: score and sample with tiltlm's lean forward (lean.py) when it is exact for the architecture;
+    ``matmul_dtype`` (e.g. bfloat16): its layers' projections in that dtype (mixed precision, lean.py)."""
     p = resolve_model_path(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(p, local_files_only=True)
@@ -106,7 +108,7 @@ def load_model_and_tokenizer(path: str, dtype: torch.dtype = torch.float32, lean
     tokenizer.padding_side = "left"
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     if lean_forward:
-        lean.enable(model)
+        lean.enable(model, matmul_dtype=matmul_dtype)
     return model, tokenizer
 
 

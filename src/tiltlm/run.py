@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from tiltlm import lean
 from tiltlm.advantages import ADVANTAGE_NEEDS, ADVANTAGES, make_advantage
 from tiltlm.atomic import write_atomic
 from tiltlm.compare import build_families, evaluate_families, forgetting_rows
@@ -143,6 +144,8 @@ def prepare(cfg: Config) -> Setup:
     aggregate = pick(AGGREGATIONS, agg_name, "objective.aggregation")
     engine_cls = pick(ENGINES, cfg.rollout.engine, "rollout.engine")
     dtype = pick(DTYPES, cfg.model.dtype, "model.dtype")
+    matmul_dtype = pick(DTYPES, cfg.runtime.matmul_dtype, "runtime.matmul_dtype")
+    matmul_dtype = None if matmul_dtype == dtype else matmul_dtype
     schedules = {"constant", "cosine", "linear"}
     pick({s: s for s in schedules}, cfg.optim.schedule, "optim.schedule")
     if cfg.runtime.device.startswith("cuda") and not torch.cuda.is_available():
@@ -155,15 +158,20 @@ def prepare(cfg: Config) -> Setup:
     families = build_families(cfg.eval.forgetting)
     if cfg.eval.prompts > 0 and not task.heldout(cfg.eval.prompts):
         raise TiltError(f"task '{cfg.task.name}' has no held-out examples to evaluate on")
-    model, tokenizer = load_model_and_tokenizer(cfg.model.path, dtype, cfg.runtime.lean_forward)
+    lean_args = (dtype, cfg.runtime.lean_forward, matmul_dtype)
+    model, tokenizer = load_model_and_tokenizer(cfg.model.path, *lean_args)
+    if matmul_dtype is not None and not lean.enabled(model):
+        why = lean.supported(model) if cfg.runtime.lean_forward else "runtime.lean_forward is false"
+        raise TiltError(f"runtime.matmul_dtype={cfg.runtime.matmul_dtype} needs the lean forward, which this model "
+                        f"cannot use: {why}")
     model.to(device)
     reference = None
     if "ref" in needs or (cfg.eval.prompts > 0 and cfg.eval.kl_to_base):
-        reference, _ = load_model_and_tokenizer(cfg.model.path, dtype, cfg.runtime.lean_forward)
+        reference, _ = load_model_and_tokenizer(cfg.model.path, *lean_args)
         reference.to(device).eval().requires_grad_(False)
     teacher = None
     if "teacher" in needs or getattr(objective, "sample_from", "policy") == "teacher":
-        teacher, teacher_tok = load_model_and_tokenizer(cfg.objective.teacher, dtype, cfg.runtime.lean_forward)
+        teacher, teacher_tok = load_model_and_tokenizer(cfg.objective.teacher, *lean_args)
         if teacher_tok.get_vocab() != tokenizer.get_vocab():
             raise TiltError(f"objective.teacher '{cfg.objective.teacher}' has a different tokenizer than the student")
         teacher.to(device).eval().requires_grad_(False)
