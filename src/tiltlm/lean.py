@@ -237,6 +237,7 @@ class LeanDecoder:
         """Run the left-padded prompts once; returns (last logits [G, V], cache) with the cache repeated n times
         per prompt and room for ``max_new`` more tokens."""
         G, P = prompt_ids.shape
+        T = P + max_new
         fused = [self.fused(layer) for layer in self.inner.layers]
         pos = (prompt_mask.cumsum(1) - 1).clamp(min=0)
         x = self.inner.embed_tokens(prompt_ids).flatten(0, 1)
@@ -248,22 +249,25 @@ class LeanDecoder:
             q, k, v = (t.view(G, P, t.shape[1], self.D).transpose(1, 2) for t in (q, k, v))
             out = self.attend(layer, q, k, v, mask).transpose(1, 2).reshape(G * P, -1)
             x = self.finish_layer(layer, fw, x, out)
-            for store, t in ((keys, k), (values, v)):  # [G, KV, P, D] -> [G * n * KV, P + max_new, D]
-                full = t.new_zeros(G, self.KV, P + max_new, self.D)
-                full[:, :, :P] = t
-                store.append(full.repeat_interleave(n, 0).flatten(0, 1))
+            for store, t in ((keys, k), (values, v)):  # [G, KV, P, D] -> [G * n * KV, P + max_new, D], one copy
+                full = t.new_empty(G, n, self.KV, T, self.D)  # columns past the prompt are written before read
+                full[:, :, :, :P] = t.unsqueeze(1)
+                store.append(full.view(G * n * self.KV, T, self.D))
         last = self.logits(x.view(G, P, -1)[:, -1])
-        return last, LeanCache(keys, values, prompt_mask.bool().repeat_interleave(n, 0), P, max_new, fused, self.KV)
+        # tables for the decode steps: rotary cos/sin of every position, additive key bias (-inf on prompt padding)
+        rope = self.rope(x, torch.arange(T, device=x.device))
+        key_ok = torch.cat([prompt_mask.bool(), prompt_mask.new_ones(G, max_new, dtype=torch.bool)], 1)
+        bias = torch.zeros(G, T, dtype=x.dtype, device=x.device).masked_fill_(~key_ok, float("-inf"))
+        bias = bias.repeat_interleave(n * self.KV, 0).unsqueeze(1)  # [G * n * KV, 1, T]
+        return last, LeanCache(keys, values, bias, P, fused, self.KV, rope)
 
     @torch.no_grad()
     def decode(self, cache: LeanCache, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """One token per active row: writes its k/v at the cache's next column; returns logits [b, V]."""
         col, b = cache.length, len(tokens)
         x = self.inner.embed_tokens(tokens)
-        cos, sin = self.rope(x, positions)
-        bias = torch.zeros(b, col + 1, dtype=x.dtype, device=x.device).masked_fill_(~cache.key_mask[:, : col + 1],
-                                                                                   float("-inf"))
-        bias = bias.repeat_interleave(self.KV, 0).unsqueeze(1)  # [b * KV, 1, T]: -inf on padding keys
+        cos, sin = cache.cos[positions], cache.sin[positions]
+        bias = cache.bias[:, :, : col + 1]
         for i, (layer, fw) in enumerate(zip(self.inner.layers, cache.fused)):
             q, k, v = self.qkv(layer, fw, x, cos, sin)
             cache.keys[i][:, col] = k.reshape(b * self.KV, self.D)
@@ -279,15 +283,16 @@ class LeanDecoder:
 
 
 class LeanCache:
-    """Per-layer keys/values [rows * KV, P + max_new, D]; ``key_mask`` [rows, P + max_new] marks real keys."""
+    """Per-layer keys/values [rows * KV, P + max_new, D], the additive key bias [rows * KV, 1, P + max_new] (-inf on
+    prompt padding) and the rotary tables cos / signed sin [P + max_new, 1, D] of every position."""
 
-    def __init__(self, keys, values, prompt_mask: torch.Tensor, P: int, max_new: int, fused, kv_heads: int):
-        self.keys, self.values, self.fused, self.length, self.kv_heads = keys, values, fused, P, kv_heads
-        self.key_mask = torch.cat([prompt_mask, prompt_mask.new_ones(len(prompt_mask), max_new)], 1)
+    def __init__(self, keys, values, bias: torch.Tensor, P: int, fused, kv_heads: int, rope):
+        self.keys, self.values, self.bias, self.fused, self.length, self.kv_heads = keys, values, bias, fused, P, kv_heads
+        self.cos, self.sin = rope
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep only ``rows`` (finished rows leave the batch)."""
         flat = (rows.unsqueeze(1) * self.kv_heads + torch.arange(self.kv_heads, device=rows.device)).flatten()
         self.keys = [k.index_select(0, flat) for k in self.keys]
         self.values = [v.index_select(0, flat) for v in self.values]
-        self.key_mask = self.key_mask.index_select(0, rows)
+        self.bias = self.bias.index_select(0, flat)

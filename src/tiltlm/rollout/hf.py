@@ -69,7 +69,7 @@ class HFEngine:
             steps = t + 1
             lsm = torch.log_softmax(logits / temperature if temperature > 0 else logits, dim=-1)
             probs = lsm.exp()
-            tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1) if temperature > 0 else lsm.argmax(-1)
+            tok = sample_inverse_cdf(probs, generator) if temperature > 0 else lsm.argmax(-1)
             tokens[active, t] = tok
             logps[active, t] = lsm.gather(-1, tok.unsqueeze(-1)).squeeze(-1)
             ents[active, t] = -(probs * lsm).sum(-1)
@@ -97,6 +97,17 @@ class HFEngine:
             mean_logsoftmax=means[:, :steps].contiguous(),
             finished=finished,
         )
+
+
+def sample_inverse_cdf(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One draw per row of ``probs`` [rows, V] (rows need not sum to 1): one uniform per row, located in the row's
+    cumulative sums (float64, so a 150k vocabulary adds no visible rounding). The same distribution as
+    ``torch.multinomial(probs, 1)`` -- which draws an exponential per vocabulary entry and was measured 15-19x
+    slower here -- but a different random stream. A zero-probability token is never drawn: the first index whose
+    cumulative sum exceeds u has positive mass."""
+    cdf = probs.double().cumsum(-1)
+    u = torch.rand(len(probs), 1, generator=generator, device=probs.device, dtype=torch.float64) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[-1] - 1).squeeze(-1)
 
 
 class HFState:
