@@ -8,9 +8,12 @@ For each workload of benchmarks/vs_trl.py -- (a) 8 prompts x 8 samples, <= 16 ne
 a masked sum, backward) is timed with the lean forward and with the plain transformers forward, alternating, median
 over ``--repeats``. FLOPs are *counted*, not estimated: ``torch.utils.flop_counter.FlopCounterMode`` records every
 matmul, batched matmul and attention kernel the pass executes (forward and backward). The peak is measured in the same
-process the way ../shared/bench/cpu_peak.py does (fp32 2048^3 matmul, median of 7). Utilisation = executed GFLOP/s /
-peak. The lean forward executes fewer FLOPs for the same gradients (no padding, shared prompts); its utilisation is
-quoted on the FLOPs it executes, and "effective" GFLOP/s (the transformers forward's FLOPs / lean time) is listed too.
+process the way ../shared/bench/cpu_peak.py does -- square matmuls of 1024, 2048 and 4096, median of 5 each, at the
+start and at the end -- and taken as the *best* of those medians per dtype (the strictest reading of "peak"). The
+lean forward is also timed with bf16 matmuls (``runtime.matmul_dtype=bfloat16``); its utilisation is quoted against
+the bf16 peak. Utilisation = executed GFLOP/s / peak of the dtype used. The lean forward executes fewer FLOPs for the
+same gradients (no padding, shared prompts); its utilisation is quoted on the FLOPs it executes, and "effective"
+GFLOP/s (the transformers forward's FLOPs / lean time) is listed too.
 """
 
 from __future__ import annotations
@@ -38,17 +41,24 @@ from tiltlm.tasks.arithmetic import Arithmetic  # noqa: E402
 SHAPES = {"a": ("a_beta", 8, 8, 16), "b": ("b_beta", 8, 8, 16), "c": ("c", 64, 8, 8)}
 
 
-def matmul_peak(threads: int, n: int = 2048, reps: int = 7) -> float:
+def matmul_peak(threads: int, dtype: torch.dtype, sizes=(1024, 2048, 4096), reps: int = 5) -> dict[int, float]:
+    """GFLOP/s of square n^3 matmuls, median of ``reps`` per size."""
     torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(2):
-        a @ b
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t)
-    return 2 * n**3 / statistics.median(times) / 1e9
+    out = {}
+    for n in sizes:
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        for _ in range(2):
+            a @ b
+        times = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - t)
+        out[n] = 2 * n**3 / statistics.median(times) / 1e9
+    return out
+
+
+VARIANTS = {"lean": (True, None), "lean_bf16": (True, torch.bfloat16), "transformers": (False, None)}
 
 
 def rollout(model, tok, prompts: int, samples: int, max_new: int):
@@ -77,46 +87,49 @@ def main() -> int:
     ns = ap.parse_args()
     torch.set_num_threads(ns.threads)
     work = Path(tempfile.mkdtemp(prefix="flops-"))
-    peaks = [matmul_peak(ns.threads)]
+    peaks = {"float32": [matmul_peak(ns.threads, torch.float32)], "bfloat16": [matmul_peak(ns.threads, torch.bfloat16)]}
     rows = {}
-    print(f"{'workload':8s} {'forward':7s} {'GFLOP':>7s} {'ms':>7s} {'GFLOP/s':>8s} {'of peak':>8s} {'effective':>9s}")
+    print(f"{'workload':8s} {'forward':9s} {'GFLOP':>7s} {'ms':>7s} {'GFLOP/s':>8s} {'of peak':>8s} {'effective':>9s}")
     for name in ns.workloads:
         spec_name, prompts, samples, max_new = SHAPES[name]
         model_dir = vs_trl.make_model(vs_trl.WORKLOADS[spec_name], work / name)
         model, tok = load_model_and_tokenizer(str(model_dir))
         model.train()
         batch = rollout(model, tok, prompts, samples, max_new)
-        flops, times = {}, {"lean": [], "transformers": []}
-        for variant, on in (("lean", True), ("transformers", False)):
-            lean.enable(model, on)
+        flops, times = {}, {v: [] for v in VARIANTS}
+        for variant, (on, mm) in VARIANTS.items():
+            lean.enable(model, on, matmul_dtype=mm)
             with FlopCounterMode(display=False) as counter:
                 forward_backward(model, batch)
             flops[variant] = counter.get_total_flops()
-        for _ in range(ns.repeats):  # alternate so that drifting machine speed hits both alike
-            for variant, on in (("lean", True), ("transformers", False)):
-                lean.enable(model, on)
+        for _ in range(ns.repeats):  # alternate so that drifting machine speed hits all alike
+            for variant, (on, mm) in VARIANTS.items():
+                lean.enable(model, on, matmul_dtype=mm)
                 t = time.perf_counter()
                 forward_backward(model, batch)
                 times[variant].append(time.perf_counter() - t)
-        peaks.append(matmul_peak(ns.threads))
         rows[name] = {"rows": int(batch[2].shape[0]), "completion_tokens": int(batch[3].sum()),
                       "prompt_width": int(batch[0].shape[1]), "completion_width": int(batch[2].shape[1])}
-        for variant in ("lean", "transformers"):
+        for variant in VARIANTS:
             sec = statistics.median(times[variant][1:])
             rows[name][variant] = {"gflop": flops[variant] / 1e9, "median_s": sec,
                                    "gflops": flops[variant] / sec / 1e9,
                                    "effective_gflops": flops["transformers"] / sec / 1e9}
-    peak = statistics.median(peaks)
+    peaks["float32"].append(matmul_peak(ns.threads, torch.float32))
+    peaks["bfloat16"].append(matmul_peak(ns.threads, torch.bfloat16))
+    peak = {dt: max(max(m.values()) for m in ms) for dt, ms in peaks.items()}
     for name, r in rows.items():
-        for variant in ("lean", "transformers"):
+        for variant in VARIANTS:
             v = r[variant]
-            v["utilisation"] = v["gflops"] / peak
-            print(f"{name:8s} {variant[:7]:7s} {v['gflop']:7.2f} {v['median_s'] * 1e3:7.1f} {v['gflops']:8.1f} "
+            v["peak_dtype"] = "bfloat16" if variant == "lean_bf16" else "float32"
+            v["utilisation"] = v["gflops"] / peak[v["peak_dtype"]]
+            print(f"{name:8s} {variant[:9]:9s} {v['gflop']:7.2f} {v['median_s'] * 1e3:7.1f} {v['gflops']:8.1f} "
                   f"{v['utilisation']:8.0%} {v['effective_gflops']:9.1f}")
-    print(f"matmul peak (fp32 2048^3, {ns.threads} threads, median of {len(peaks)} measurements): {peak:.0f} GFLOP/s")
+    print(f"matmul peak ({ns.threads} threads, best median of n = 1024/2048/4096, start and end): "
+          f"float32 {peak['float32']:.0f} GFLOP/s, bfloat16 {peak['bfloat16']:.0f} GFLOP/s")
     out = Path(__file__).resolve().parents[1] / ns.out
     out.write_text(json.dumps({"command": " ".join(sys.argv), "threads": ns.threads, "peak_gflops": peak,
-                               "peaks": peaks, "workloads": rows}, indent=1), encoding="utf-8")
+                               "peaks": {dt: [{str(n): g for n, g in m.items()} for m in ms] for dt, ms in peaks.items()}, "workloads": rows}, indent=1), encoding="utf-8")
     print(f"wrote {out}")
     return 0
 

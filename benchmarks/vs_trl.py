@@ -12,6 +12,9 @@ warm-up), fp32, epsilon 0.2 and thread count; the loss is matched to TRL 1.16's 
 work: ``train.skip_zero_gradient_rows=false`` (TRL runs the backward pass on zero-advantage rows too).
 
 ``--prompts trl`` gives (a)/(b) the reference script's own prompts ("what is 23+58? ") instead of the embedded task's.
+``--tiltlm-matmul float32 bfloat16`` runs tiltlm once per matmul dtype in each round (A A' B, alternating): bf16 is
+tiltlm's mixed precision (``runtime.matmul_dtype=bfloat16``, docs/performance.md); TRL stays in float32 (the
+reference script has no precision option).
 
 Workloads: (a) 8 prompts x 8 samples, <= 16 new tokens, a ~1.1M-parameter Llama (hidden 128, 4 layers), random
 weights, beta 0.04 and 0; (b) the same with a ~9.5M-parameter Llama (hidden 256, 9 layers); (c) the embedded base on
@@ -92,7 +95,7 @@ def make_prompts(out: Path, n: int = 2000, kind: str = "task") -> Path:
     return out
 
 
-def run_tiltlm(model: Path, prompts: Path, spec: dict, ns, work: Path, tag: str) -> dict:
+def run_tiltlm(model: Path, prompts: Path, spec: dict, ns, work: Path, tag: str, matmul: str = "float32") -> dict:
     run_dir = work / "tiltlm_runs"
     args = ["train", f"model.path={model}", "task.name=jsonl", f"task.path={prompts}",
             f"rollout.prompts_per_step={PROMPTS}", f"rollout.samples_per_prompt={SAMPLES}",
@@ -100,7 +103,8 @@ def run_tiltlm(model: Path, prompts: Path, spec: dict, ns, work: Path, tag: str)
             f"objective.kl_correction={'true' if spec['beta'] else 'false'}", "objective.aggregation=token_mean",
             f"optim.lr={LR}", "optim.warmup_steps=0", "optim.schedule=constant", "optim.grad_clip=1.0",
             "train.skip_zero_gradient_rows=false", "train.updates_per_batch=1", f"train.steps={ns.steps}",
-            "eval.prompts=0", f"runtime.threads={ns.threads}", "log.progress=false", "log.tensorboard=off",
+            "eval.prompts=0", f"runtime.threads={ns.threads}", f"runtime.matmul_dtype={matmul}",
+            "log.progress=false", "log.tensorboard=off",
             f"log.run_dir={run_dir}", f"log.run_name={tag}"]
     rss_file = work / f"{tag}.rss.json"
     subprocess.run([sys.executable, "-c", TILTLM_CHILD, str(rss_file), *args], check=True, stdout=subprocess.DEVNULL)
@@ -144,6 +148,8 @@ def main() -> int:
     ap.add_argument("--trl-python", default=os.environ.get("TRL_PYTHON", str(ROOT / ".bench-venv/bin/python")))
     ap.add_argument("--prompts", choices=["task", "trl"], default="task",
                     help="prompts of workloads (a)/(b): the embedded task's, or the reference script's own")
+    ap.add_argument("--tiltlm-matmul", nargs="+", default=["float32"], choices=["float32", "bfloat16"],
+                    help="tiltlm's runtime.matmul_dtype; several run side by side, each against the same TRL runs")
     ap.add_argument("--out", default="docs/vs_trl.json")
     ns = ap.parse_args()
     if not Path(ns.trl_python).exists() or not TRL_SCRIPT.exists():
@@ -152,25 +158,31 @@ def main() -> int:
     task_prompts = make_prompts(work / "prompts.jsonl")
     random_model_prompts = make_prompts(work / "prompts_trl.jsonl", kind="trl") if ns.prompts == "trl" else task_prompts
     results = {}
-    print(f"{'workload':10s} {'tiltlm s/step':>13s} {'TRL s/step':>11s} {'speed-up':>9s} {'tiltlm tok/s':>12s} "
-          f"{'TRL tok/s':>10s} {'tiltlm MiB':>10s} {'TRL MiB':>8s}", flush=True)
+    print(f"{'workload':10s} {'tiltlm':8s} {'tiltlm s/step':>13s} {'TRL s/step':>11s} {'speed-up':>9s} "
+          f"{'tiltlm tok/s':>12s} {'TRL tok/s':>10s} {'tiltlm MiB':>10s} {'TRL MiB':>8s}", flush=True)
     for name in ns.workloads:
         spec = WORKLOADS[name]
         model = make_model(spec, work / f"model_{name}")
         prompts = task_prompts if spec["model"] == "embedded" else random_model_prompts
-        sides: dict[str, list[dict]] = {"tiltlm": [], "trl": []}
+        sides: dict[str, list[dict]] = {m: [] for m in ns.tiltlm_matmul} | {"trl": []}
         for rep in range(ns.repeats):  # alternate A B A B: drifting machine load hits both sides alike
-            sides["tiltlm"].append(run_tiltlm(model, prompts, spec, ns, work, f"{name}-tiltlm-{rep}"))
+            for matmul in ns.tiltlm_matmul:
+                sides[matmul].append(run_tiltlm(model, prompts, spec, ns, work, f"{name}-tiltlm-{matmul}-{rep}", matmul))
             sides["trl"].append(run_trl(model, prompts, spec, ns, work, f"{name}-trl-{rep}"))
-        ours, theirs = summarise(sides["tiltlm"]), summarise(sides["trl"])
-        results[name] = {"spec": spec, "tiltlm": ours, "trl": theirs,
-                         "speedup": theirs["median_step_s"] / ours["median_step_s"]}
-        print(f"{name:10s} {ours['median_step_s']:13.4f} {theirs['median_step_s']:11.4f} "
-              f"{results[name]['speedup']:8.2f}x {ours['tokens_per_s']:12.0f} {theirs['tokens_per_s']:10.0f} "
-              f"{ours['peak_rss_mb']:10.0f} {theirs['peak_rss_mb']:8.0f}", flush=True)
+        theirs = summarise(sides["trl"])
+        results[name] = {"spec": spec, "trl": theirs}
+        for matmul in ns.tiltlm_matmul:
+            ours = summarise(sides[matmul])
+            key = "tiltlm" if matmul == "float32" else f"tiltlm_{matmul}"
+            results[name][key] = ours
+            results[name]["speedup" if matmul == "float32" else f"speedup_{matmul}"] = (
+                theirs["median_step_s"] / ours["median_step_s"])
+            print(f"{name:10s} {matmul:8s} {ours['median_step_s']:13.4f} {theirs['median_step_s']:11.4f} "
+                  f"{theirs['median_step_s'] / ours['median_step_s']:8.2f}x {ours['tokens_per_s']:12.0f} "
+                  f"{theirs['tokens_per_s']:10.0f} {ours['peak_rss_mb']:10.0f} {theirs['peak_rss_mb']:8.0f}", flush=True)
     out = ROOT / ns.out
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"command": " ".join(sys.argv), "prompts": ns.prompts, "repeats": ns.repeats, "steps": ns.steps, "warmup": ns.warmup,
+    meta = {"command": " ".join(sys.argv), "prompts": ns.prompts, "tiltlm_matmul": ns.tiltlm_matmul, "repeats": ns.repeats, "steps": ns.steps, "warmup": ns.warmup,
             "threads": ns.threads, "workload": {"prompts": PROMPTS, "samples": SAMPLES, "max_new_tokens": MAX_NEW,
                                                 "lr": LR}}
     out.write_text(json.dumps({"meta": meta, "results": results}, indent=1), encoding="utf-8")
