@@ -107,18 +107,20 @@ class LeanDecoder:
         self.mm_dtype = mm if mm is not None and mm != model.lm_head.weight.dtype else None
         self._cast: dict[int, torch.Tensor] = {}  # weights cast to mm_dtype, once per decoder (= per forward)
 
-    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """``F.linear`` in ``mm_dtype`` when set: inputs and weights cast (each weight once per forward, inside
-        autograd so its gradient flows back in the parameter's dtype), the output cast back."""
+    def linears(self, x: torch.Tensor, weights: list) -> list[torch.Tensor]:
+        """``F.linear(x, w, b)`` for each ``(w, b)``, in ``mm_dtype`` when set: ``x`` is cast (and its rows padded)
+        once for all of them, each weight once per forward (inside autograd, so its gradient flows back in the
+        parameter's dtype), and the outputs cast back to ``x``'s dtype."""
         if self.mm_dtype is None:
-            return F.linear(x, weight, bias)
+            return [F.linear(x, w, b) for w, b in weights]
         rows = x.shape[0]
-        pad = -rows % ROW_BUCKET
         low = x.to(self.mm_dtype)
-        if pad:  # a new row count costs oneDNN a new primitive (~0.6 ms measured): round up to a bucket instead
-            low = F.pad(low, (0, 0, 0, pad))
-        out = F.linear(low, self.low(weight), None if bias is None else self.low(bias))
-        return (out[:rows] if pad else out).to(x.dtype)
+        if rows % ROW_BUCKET:  # a new row count costs oneDNN a new primitive (~0.6 ms measured): round up instead
+            low = F.pad(low, (0, 0, 0, -rows % ROW_BUCKET))
+        return [F.linear(low, self.low(w), None if b is None else self.low(b))[:rows].to(x.dtype) for w, b in weights]
+
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        return self.linears(x, [(weight, bias)])[0]
 
     def low(self, t: torch.Tensor) -> torch.Tensor:
         """``t`` in ``mm_dtype``; a parameter is cast once per decoder (keyed by identity: parameters outlive it)."""
@@ -133,8 +135,7 @@ class LeanDecoder:
     def fused(self, layer) -> tuple:
         """(W_qkv, b_qkv or None, W_gate_up, W_o, W_down) of one layer, q/k/v and gate/up concatenated so each is one
         matmul (and cast to ``mm_dtype``). Sampling builds them once per batch and reuses them every token; training
-        passes None (concatenating inside autograd costs more
-        than the larger matmuls save: measured 5% slower)."""
+        passes None (concatenating inside autograd costs more than the larger matmuls save: measured 5% slower)."""
         a, m = layer.self_attn, layer.mlp
         w_qkv = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])
         b_qkv = None if a.q_proj.bias is None else torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias])
@@ -151,9 +152,7 @@ class LeanDecoder:
         """Rotated q [N, H, D], k and v [N, KV, D] of flat tokens x [N, hidden]."""
         h, a = self.norm(x, layer.input_layernorm), layer.self_attn
         if fused is None:
-            if self.mm_dtype is not None:  # cast the normed input once for its three projections
-                h = h.to(self.mm_dtype)
-            q, k, v = (self.linear(h, proj.weight, proj.bias).to(x.dtype) for proj in (a.q_proj, a.k_proj, a.v_proj))
+            q, k, v = self.linears(h, [(proj.weight, proj.bias) for proj in (a.q_proj, a.k_proj, a.v_proj)])
             q, k, v = q.view(-1, self.H, self.D), k.view(-1, self.KV, self.D), v.view(-1, self.KV, self.D)
             return _rotate(q, cos, sin), _rotate(k, cos, sin), v
         qkv = self.linear(h, fused[0], fused[1])
@@ -172,9 +171,7 @@ class LeanDecoder:
         x = x + self.linear(attn, layer.self_attn.o_proj.weight if fused is None else fused[3])
         h, m = self.norm(x, layer.post_attention_layernorm), layer.mlp
         if fused is None:
-            if self.mm_dtype is not None:
-                h = h.to(self.mm_dtype)
-            gate, up = self.linear(h, m.gate_proj.weight).to(x.dtype), self.linear(h, m.up_proj.weight).to(x.dtype)
+            gate, up = self.linears(h, [(m.gate_proj.weight, None), (m.up_proj.weight, None)])
         else:
             gate, up = self.linear(h, fused[2]).chunk(2, dim=-1)
         return x + self.linear(F.silu(gate) * up, m.down_proj.weight if fused is None else fused[4])
