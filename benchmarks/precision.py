@@ -127,6 +127,9 @@ def main() -> int:
     ap.add_argument("--workloads", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     ap.add_argument("--out", default="docs/precision.json")
     ns = ap.parse_args()
+    if not lean.native_bf16(torch.device("cpu")):
+        sys.exit("precision: this CPU has no bf16 instructions (AVX512-BF16/AMX); PyTorch would emulate bf16 "
+                 "matmuls at ~1 GFLOP/s, so there is no trade to measure")
     torch.set_num_threads(ns.threads)
     work = Path(tempfile.mkdtemp(prefix="precision-"))
     results = {}

@@ -154,6 +154,10 @@ def main() -> int:
     ns = ap.parse_args()
     if not Path(ns.trl_python).exists() or not TRL_SCRIPT.exists():
         sys.exit(f"vs_trl: need TRL's venv python ({ns.trl_python}) and {TRL_SCRIPT}; see ../shared/README.md")
+    import torch  # only for the bf16 check; the runs themselves are subprocesses
+
+    if "bfloat16" in ns.tiltlm_matmul and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        sys.exit("vs_trl: --tiltlm-matmul bfloat16 needs a CPU with bf16 instructions (AVX512-BF16/AMX)")
     work = Path(tempfile.mkdtemp(prefix="vs-trl-"))
     task_prompts = make_prompts(work / "prompts.jsonl")
     random_model_prompts = make_prompts(work / "prompts_trl.jsonl", kind="trl") if ns.prompts == "trl" else task_prompts

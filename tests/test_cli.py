@@ -172,6 +172,19 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, case):
     assert not runs.exists() or not any(runs.iterdir())
 
 
+def test_bf16_matmuls_run_only_where_the_cpu_has_bf16_instructions(tmp_path):
+    """Without AVX512-BF16/AMX, PyTorch emulates bf16 matmuls (~100x slower than float32): runtime.matmul_dtype=
+    bfloat16 is then a one-line error; with them, the same run trains. Which branch runs depends on this CPU."""
+    runs = tmp_path / "runs"
+    proc = tiltlm("train", f"log.run_dir={runs}", *SMALL, "eval.kl_to_base=false", "runtime.matmul_dtype=bfloat16")
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        assert proc.returncode == 0, proc.stderr
+        assert len(list(runs.glob("*/final/model.safetensors"))) == 1
+    else:
+        assert_one_line_error(proc, "runtime.matmul_dtype=bfloat16 needs bf16 instructions", "matmul_dtype=float32")
+        assert not runs.exists() or not any(runs.iterdir())
+
+
 def test_eval_bad_input(tmp_path):
     assert_one_line_error(tiltlm("eval", str(tmp_path / "nope"), "--samples", "4", "--k", "1"), "model path not found")
     assert_one_line_error(tiltlm("eval", "embedded", "--samples", "4", "--k", "1,8"), "--k values must be in 1..--samples")

@@ -164,6 +164,9 @@ def prepare(cfg: Config) -> Setup:
         why = lean.supported(model) if cfg.runtime.lean_forward else "runtime.lean_forward is false"
         raise TiltError(f"runtime.matmul_dtype={cfg.runtime.matmul_dtype} needs the lean forward, which this model "
                         f"cannot use: {why}")
+    if matmul_dtype == torch.bfloat16 and not lean.native_bf16(device):
+        raise TiltError(f"runtime.matmul_dtype=bfloat16 needs bf16 instructions (AVX512-BF16/AMX or CUDA); this "
+                        f"{device.type} emulates them, ~100x slower than float32: use runtime.matmul_dtype=float32")
     model.to(device)
     reference = None
     if "ref" in needs or (cfg.eval.prompts > 0 and cfg.eval.kl_to_base):
