@@ -181,8 +181,8 @@ class RuntimeConfig:
                                  "prompts; same math, lean.py); false = the plain transformers forward")
     matmul_dtype: str = f("float32", "dtype of the decoder layers' projections on the lean forward: float32 (exact) "
                                      "| bfloat16 (mixed precision: bf16 matmul inputs, everything else and the "
-                                     "parameters in model.dtype; fast on CPUs with AVX512-BF16/AMX, see "
-                                     "docs/performance.md)")
+                                     "parameters in model.dtype; fast on CPUs with AVX512-BF16/AMX, refused on CPUs "
+                                     "without them, where PyTorch emulates bf16; see docs/performance.md)")
 
 
 @dataclass
