@@ -207,3 +207,29 @@ def test_bf16_sampling_logprobs_agree_with_the_bf16_training_forward():
                                                          torch.Generator().manual_seed(0))
     lp32, _ = sequence_logprobs(model, exact.prompt_ids, exact.prompt_mask, exact.completion_ids, exact.completion_mask)
     assert (lp32 - exact.sample_logprobs)[exact.completion_mask.bool()].abs().max() < 1e-5
+
+
+def test_lazy_cache_compaction_gives_the_eager_logits():
+    """LeanState keeps finished rows in the cache until half of them are finished: the live rows' logits must equal
+    those of a cache compacted at once, both while finished rows linger and after the compaction."""
+    from tiltlm.rollout.hf import LeanState
+
+    model = tiny("llama_gqa")
+    assert lean.enable(model)
+    ids = torch.tensor([[1, 5, 6, 7], [0, 0, 1, 9]])
+    mask = (ids != 0).long()
+    lazy, eager = LeanState(model, ids, mask, 3, 4), LeanState(model, ids, mask, 3, 4)  # 6 rows
+    pos = mask.sum(1).repeat_interleave(3)
+    tok = torch.tensor([5, 6, 7, 8, 9, 10])
+    lazy.step(tok, pos), eager.step(tok, pos)
+    keep = torch.tensor([0, 2, 3, 5])  # 2 of 6 finish: lazy keeps them in its cache
+    lazy.select(keep)
+    eager.cache.select(keep)
+    assert lazy.cache_rows == 6 and eager.cache.keys[0].shape[0] == 4 * model.config.num_key_value_heads
+    got, want = lazy.step(tok[keep], pos[keep] + 1), eager.decoder.decode(eager.cache, tok[keep], pos[keep] + 1)
+    assert got.shape == want.shape and (got - want).abs().max() < 1e-5
+    lazy.select(torch.tensor([1, 3]))  # now 2 of 6 live: compacted
+    eager.cache.select(torch.tensor([1, 3]))
+    assert lazy.cache_rows == 2 and torch.equal(lazy.rows, torch.arange(2))
+    got, want = lazy.step(tok[[2, 5]], pos[[2, 5]] + 2), eager.decoder.decode(eager.cache, tok[[2, 5]], pos[[2, 5]] + 2)
+    assert (got - want).abs().max() < 1e-5

@@ -133,18 +133,33 @@ class HFState:
 
 
 class LeanState:
-    """Sampling state on the lean forward (lean.py): a static KV cache, no per-step mask building."""
+    """Sampling state on the lean forward (lean.py): a static KV cache, no per-step mask building.
+
+    Finished rows leave the cache lazily: compacting copies every layer's whole cache, so it waits until half of the
+    cache's rows are finished. Until then the finished rows are decoded with a dummy token and their logits dropped
+    (each row attends only to its own cache row, so they disturb nothing). The live rows' logits, and so the random
+    draws, are the same as with eager compaction. Measured on the quickstart batch: index_select was 18% of
+    sampling; on the 9.5M workload 5%."""
 
     def __init__(self, model, ids: torch.Tensor, mask: torch.Tensor, n: int, max_new: int):
         self.decoder = lean.LeanDecoder(model)
         logits, self.cache = self.decoder.prefill(ids, mask, n, max_new)
         self.logits = logits.float().repeat_interleave(n, 0)
+        self.rows = torch.arange(len(self.logits), device=ids.device)  # cache row of each live row
+        self.cache_rows = len(self.rows)
 
     def select(self, rows: torch.Tensor) -> None:
-        self.cache.select(rows)
+        self.rows = self.rows[rows]
+        if 2 * len(self.rows) <= self.cache_rows:
+            self.cache.select(self.rows)
+            self.rows, self.cache_rows = torch.arange(len(rows), device=rows.device), len(rows)
 
     def step(self, tok: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        return self.decoder.decode(self.cache, tok, pos).float()
+        if len(self.rows) == self.cache_rows:
+            return self.decoder.decode(self.cache, tok, pos).float()
+        all_tok = tok.new_zeros(self.cache_rows).index_copy_(0, self.rows, tok)
+        all_pos = pos.new_zeros(self.cache_rows).index_copy_(0, self.rows, pos)
+        return self.decoder.decode(self.cache, all_tok, all_pos).float()[self.rows]
 
 
 def decode_completions(tokenizer, completion_ids: torch.Tensor, completion_mask: torch.Tensor) -> list[str]:
