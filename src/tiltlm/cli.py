@@ -162,9 +162,9 @@ def _heldout(task, name: str, prompts: int) -> list:
 
 
 def cmd_eval(ns: argparse.Namespace) -> int:
-    import torch
     from rich.table import Table
 
+    from tiltlm import cpu
     from tiltlm.atomic import write_atomic
     from tiltlm.evaluate import evaluate
     from tiltlm.models import load_model_and_tokenizer
@@ -173,7 +173,7 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     if ns.batch_prompts < 1:
         raise TiltError(f"--batch-prompts must be >= 1, got {ns.batch_prompts}")
     task, task_fields = _task_from_options(ns.task, ns.task_options)
-    torch.set_num_threads(ns.threads)
+    cpu.configure(ns.threads)
     examples = _heldout(task, ns.task, ns.prompts)
     model, tokenizer = load_model_and_tokenizer(ns.model)
     reference = load_model_and_tokenizer(ns.reference)[0] if ns.reference else None
@@ -202,16 +202,16 @@ def cmd_eval(ns: argparse.Namespace) -> int:
 
 
 def cmd_compare(ns: argparse.Namespace) -> int:
-    import torch
     from rich.table import Table
 
+    from tiltlm import cpu
     from tiltlm.atomic import write_atomic
     from tiltlm.compare import build_families, compare, evaluate_families, forgetting_rows, plot_comparison
     from tiltlm.models import load_model_and_tokenizer
 
     task, task_fields = _task_from_options(ns.task, ns.task_options)
     families = build_families(ns.family, "--family")
-    torch.set_num_threads(ns.threads)
+    cpu.configure(ns.threads)
     examples = _heldout(task, ns.task, ns.prompts)
     base, tokenizer = load_model_and_tokenizer(ns.base)
     tuned, tuned_tok = load_model_and_tokenizer(ns.tuned)

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from tiltlm import lean
+from tiltlm import cpu, lean
 from tiltlm.advantages import ADVANTAGE_NEEDS, ADVANTAGES, make_advantage
 from tiltlm.atomic import write_atomic
 from tiltlm.compare import build_families, evaluate_families, forgetting_rows
@@ -151,7 +151,7 @@ def prepare(cfg: Config) -> Setup:
     if cfg.runtime.device.startswith("cuda") and not torch.cuda.is_available():
         raise TiltError(f"runtime.device '{cfg.runtime.device}' requested but CUDA is not available")
     device = torch.device(cfg.runtime.device)
-    torch.set_num_threads(cfg.runtime.threads)
+    cpu.configure(cfg.runtime.threads, cfg.runtime.keep_freed_memory)
     torch.manual_seed(cfg.train.seed)
 
     task = build_task(cfg.task)
