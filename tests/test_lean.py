@@ -233,3 +233,48 @@ def test_lazy_cache_compaction_gives_the_eager_logits():
     assert lazy.cache_rows == 2 and torch.equal(lazy.rows, torch.arange(2))
     got, want = lazy.step(tok[[2, 5]], pos[[2, 5]] + 2), eager.decoder.decode(eager.cache, tok[[2, 5]], pos[[2, 5]] + 2)
     assert (got - want).abs().max() < 1e-5
+
+
+def test_compiled_decoding_gives_the_eager_logits_and_samples():
+    """The compiled decode step (static cache shapes, masked future columns, no compaction) computes the eager
+    step's logits, including after a parameter update (the compiled graph must read the parameters, not a frozen copy),
+    and the sampler then draws the same tokens from the same random stream."""
+    from tiltlm.rollout.hf import LeanState
+
+    model = tiny("qwen2")  # q/k/v biases and grouped key/value heads
+    assert lean.enable(model)
+    ids = torch.tensor([[1, 5, 6, 7], [0, 0, 1, 9]])
+    mask = (ids != 0).long()
+    eager = LeanState(model, ids, mask, 3, 5)
+    assert lean.compile_decoding(model) and lean.decoding_compiled(model)
+    static = LeanState(model, ids, mask, 3, 5)
+    assert static.cache.static and static.cache.keys[0].shape[1] % lean.STATIC_COLUMNS == 0
+    assert not eager.cache.static and eager.cache.keys[0].shape[1] == 4 + 5
+    pos = mask.sum(1).repeat_interleave(3)
+    tok = torch.tensor([5, 6, 7, 8, 9, 10])
+    for t in range(3):
+        got, want = static.step(tok, pos + t), eager.step(tok, pos + t)
+        assert (got - want).abs().max() < 1e-5
+        tok = (tok + 3) % 40
+    keep = torch.tensor([0, 1, 4])  # half the rows finish: eager compacts, the static cache keeps its 6 rows
+    static.select(keep), eager.select(keep)
+    assert static.cache_rows == 6 and eager.cache_rows == 3
+    got, want = static.step(tok[keep], pos[keep] + 3), eager.step(tok[keep], pos[keep] + 3)
+    assert got.shape == (3, 40) and (got - want).abs().max() < 1e-5
+
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight.mul_(3.0)
+        model.model.norm.weight.add_(0.5)
+    lean.compile_decoding(model, False)
+    eager = LeanState(model, ids, mask, 3, 5)
+    lean.compile_decoding(model)
+    static = LeanState(model, ids, mask, 3, 5)
+    got, want = static.step(tok, pos), eager.step(tok, pos)
+    assert (got - want).abs().max() < 1e-5
+
+    prompts = [[1, 5, 6, 7], [1, 9], [1, 3, 4]]
+    sampled = HFEngine(model, eos_id=2, pad_id=0).generate(prompts, 4, 6, 1.0, torch.Generator().manual_seed(0))
+    lean.compile_decoding(model, False)
+    reference = HFEngine(model, eos_id=2, pad_id=0).generate(prompts, 4, 6, 1.0, torch.Generator().manual_seed(0))
+    assert torch.equal(sampled.completion_ids, reference.completion_ids)
+    assert (sampled.sample_logprobs - reference.sample_logprobs).abs().max() < 1e-5

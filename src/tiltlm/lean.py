@@ -9,6 +9,8 @@ Hugging Face model's own parameters -- the same math as ``model(...)``, with les
   which ``index_select``'s backward computes exactly), so a prompt costs 1/n of its tokens in the update;
 * **fused projections** when sampling: q/k/v and gate/up are one matmul each, built once per batch;
 * **a static KV cache** for sampling, with no per-step mask building or cache bookkeeping in Python;
+* optionally **a compiled decode step** (``compile_decoding(model)``, ``runtime.compile_sampling``): the cache keeps
+  static shapes so ``torch.compile`` (inductor's C++ kernels) builds the per-token layer stack once;
 * optionally **bf16 matmuls** (``enable(model, matmul_dtype=torch.bfloat16)``, ``runtime.matmul_dtype``): the
   decoder layers' projections take bf16 inputs and weights (CPUs with AVX512-BF16/AMX, GPUs), everything else -- the
   residual stream, norms, RoPE, attention, the LM head, softmax, the parameters and their gradients -- stays in the
@@ -21,6 +23,8 @@ plain ``transformers`` forward. tests/test_lean.py checks logits, gradients and 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -28,6 +32,8 @@ LEAN_ATTR = "tiltlm_lean"  # set on a model that passed ``supported``: the lean 
 ROW_BUCKET = 64  # bf16 matmuls see row counts rounded up to a multiple of this (see LeanDecoder.linear)
 MATMUL_ATTR = "tiltlm_matmul_dtype"  # dtype of the layers' projections on the lean path (None: the model's own)
 _STATIC_ROPE = {"default", "linear", "llama3", "yarn"}  # inv_freq does not depend on the sequence length
+COMPILE_ATTR = "tiltlm_compile_decoding"  # set by compile_decoding: sample with the compiled, static-shape step
+STATIC_COLUMNS = 16  # compiled decoding: cache widths rounded up to a multiple of this, so few shapes get compiled
 
 
 def supported(model) -> str | None:
@@ -72,6 +78,28 @@ def enable(model, on: bool = True, matmul_dtype: torch.dtype | None = None) -> b
     object.__setattr__(model, LEAN_ATTR, ok)  # plain attributes, not registered submodules or buffers
     object.__setattr__(model, MATMUL_ATTR, matmul_dtype if ok else None)
     return ok
+
+
+def compile_decoding(model, on: bool = True) -> bool:
+    """Sample a lean-marked ``model`` with a ``torch.compile``'d decode step; returns whether it is switched on.
+
+    A decode step is hundreds of tiny ops (one query row per sequence), so on CPUs its time is per-op overhead, not
+    FLOPs; inductor fuses the elementwise work of the layer stack into a few C++ loops. Shapes stay static so it
+    compiles once per batch shape: the cache is allocated STATIC_COLUMNS-rounded and zero-filled, every step attends
+    over all of its columns with the not-yet-written ones masked, and finished rows stay in the cache (no
+    compaction). The first batch pays the compile (about 7 s for a 4-layer model here); see docs/performance.md."""
+    ok = bool(on) and enabled(model)
+    object.__setattr__(model, COMPILE_ATTR, ok)
+    return ok
+
+
+def decoding_compiled(model) -> bool:
+    return enabled(model) and bool(getattr(model, COMPILE_ATTR, False))
+
+
+@functools.cache
+def _compiled_decode_layers():
+    return torch.compile(LeanDecoder.decode_layers, dynamic=False)
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -268,7 +296,10 @@ class LeanDecoder:
         """Run the left-padded prompts once; returns (last logits [G, V], cache) with the cache repeated n times
         per prompt and room for ``max_new`` more tokens."""
         G, P = prompt_ids.shape
+        static = decoding_compiled(self.model)
         T = P + max_new
+        if static:
+            T += -T % STATIC_COLUMNS
         fused = [self.fused(layer) for layer in self.inner.layers]
         pos = (prompt_mask.cumsum(1) - 1).clamp(min=0)
         x = self.inner.embed_tokens(prompt_ids).flatten(0, 1)
@@ -281,35 +312,56 @@ class LeanDecoder:
             out = self.attend(layer, q, k, v, mask).transpose(1, 2).reshape(G * P, -1)
             x = self.finish_layer(layer, fw, x, out)
             for store, t in ((keys, k), (values, v)):  # [G, KV, P, D] -> [G * n * KV, P + max_new, D], one copy
-                full = t.new_empty(G, n, self.KV, T, self.D)  # columns past the prompt are written before read
+                # columns past the prompt are written before they are read; the static step reads every column
+                # (masked, weight 0), so there they must hold zeros, not uninitialised memory that may be NaN
+                full = (t.new_zeros if static else t.new_empty)(G, n, self.KV, T, self.D)
                 full[:, :, :, :P] = t.unsqueeze(1)
                 store.append(full.view(G * n * self.KV, T, self.D))
         last = self.logits(x.view(G, P, -1)[:, -1])
         # tables for the decode steps: rotary cos/sin of every position, additive key bias (-inf on prompt padding)
         rope = self.rope(x, torch.arange(T, device=x.device))
-        key_ok = torch.cat([prompt_mask.bool(), prompt_mask.new_ones(G, max_new, dtype=torch.bool)], 1)
+        key_ok = torch.cat([prompt_mask.bool(), prompt_mask.new_ones(G, T - P, dtype=torch.bool)], 1)
         bias = torch.zeros(G, T, dtype=x.dtype, device=x.device).masked_fill_(~key_ok, float("-inf"))
         bias = bias.repeat_interleave(n * self.KV, 0).unsqueeze(1)  # [G * n * KV, 1, T]
-        return last, LeanCache(keys, values, bias, P, fused, self.KV, rope)
+        return last, LeanCache(keys, values, bias, P, fused, self.KV, rope, static)
 
     @torch.no_grad()
     def decode(self, cache: LeanCache, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """One token per active row: writes its k/v at the cache's next column; returns logits [b, V]."""
-        col, b = cache.length, len(tokens)
+        col = cache.length
         x = self.inner.embed_tokens(tokens)
         cos, sin = cache.cos[positions], cache.sin[positions]
-        bias = cache.bias[:, :, : col + 1]
-        for i, (layer, fw) in enumerate(zip(self.inner.layers, cache.fused)):
+        if cache.static:
+            layers = _compiled_decode_layers()
+            logits = layers(self, cache.fused, cache.keys, cache.values, x, cos, sin, cache.bias, cache.columns[col:col + 1])
+        else:
+            logits = self.decode_layers(cache.fused, cache.keys, cache.values, x, cos, sin, cache.bias[:, :, :col + 1], col)
+        cache.length += 1
+        return logits
+
+    def decode_layers(self, fused, keys, values, x, cos, sin, bias, col):
+        """The layer stack of one decode step; ``col`` is the cache column to write: an int (eager: attention over
+        columns ``:col + 1`` of the cache views) or a 1-element tensor (static shapes, for torch.compile: attention
+        over every column, those after ``col`` masked)."""
+        b = len(x)
+        static = isinstance(col, torch.Tensor)
+        if static:
+            bias = bias.masked_fill(torch.arange(bias.shape[-1], device=x.device) > col, float("-inf"))
+        for layer, fw, k_cache, v_cache in zip(self.inner.layers, fused, keys, values):
             q, k, v = self.qkv(layer, fw, x, cos, sin)
-            cache.keys[i][:, col] = k.reshape(b * self.KV, self.D)
-            cache.values[i][:, col] = v.reshape(b * self.KV, self.D)
+            k, v = k.reshape(b * self.KV, 1, self.D), v.reshape(b * self.KV, 1, self.D)
+            if static:
+                k_cache.index_copy_(1, col, k)
+                v_cache.index_copy_(1, col, v)
+            else:
+                k_cache[:, col:col + 1], v_cache[:, col:col + 1] = k, v
+                k_cache, v_cache = k_cache[:, :col + 1], v_cache[:, :col + 1]
             # one query per row: three batched matmuls over the cache's [b * KV, T, D] views, no copies (SDPA's
             # CPU flash kernel is slow for a single query); the query heads sharing a key/value head go together
-            scores = torch.baddbmm(bias, q.reshape(b * self.KV, self.H // self.KV, self.D),
-                                   cache.keys[i][:, : col + 1].transpose(1, 2), alpha=layer.self_attn.scaling)
-            out = torch.bmm(scores.softmax(-1), cache.values[i][:, : col + 1]).view(b, self.H * self.D)
+            scores = torch.baddbmm(bias, q.reshape(b * self.KV, self.H // self.KV, self.D), k_cache.transpose(1, 2),
+                                   alpha=layer.self_attn.scaling)
+            out = torch.bmm(scores.softmax(-1), v_cache).view(b, self.H * self.D)
             x = self.finish_layer(layer, fw, x, out)
-        cache.length += 1
         return self.logits(x)
 
 
@@ -317,9 +369,11 @@ class LeanCache:
     """Per-layer keys/values [rows * KV, P + max_new, D], the additive key bias [rows * KV, 1, P + max_new] (-inf on
     prompt padding) and the rotary tables cos / signed sin [P + max_new, 1, D] of every position."""
 
-    def __init__(self, keys, values, bias: torch.Tensor, P: int, fused, kv_heads: int, rope):
+    def __init__(self, keys, values, bias: torch.Tensor, P: int, fused, kv_heads: int, rope, static: bool = False):
         self.keys, self.values, self.bias, self.fused, self.length, self.kv_heads = keys, values, bias, fused, P, kv_heads
         self.cos, self.sin = rope
+        self.static = static  # decoded by the compiled step: shapes never change (see compile_decoding)
+        self.columns = torch.arange(bias.shape[-1], device=bias.device)
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep only ``rows`` (finished rows leave the batch)."""

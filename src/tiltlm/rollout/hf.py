@@ -150,7 +150,7 @@ class LeanState:
 
     def select(self, rows: torch.Tensor) -> None:
         self.rows = self.rows[rows]
-        if 2 * len(self.rows) <= self.cache_rows:
+        if 2 * len(self.rows) <= self.cache_rows and not self.cache.static:  # the compiled step keeps its shapes
             self.cache.select(self.rows)
             self.rows, self.cache_rows = torch.arange(len(rows), device=rows.device), len(rows)
 
