@@ -14,7 +14,8 @@ work: ``train.skip_zero_gradient_rows=false`` (TRL runs the backward pass on zer
 ``--prompts trl`` gives (a)/(b) the reference script's own prompts ("what is 23+58? ") instead of the embedded task's.
 ``--tiltlm-matmul float32 bfloat16`` runs tiltlm once per matmul dtype in each round (A A' B, alternating): bf16 is
 tiltlm's mixed precision (``runtime.matmul_dtype=bfloat16``, docs/performance.md); TRL stays in float32 (the
-reference script has no precision option).
+reference script has no precision option). ``float32+compile`` adds ``runtime.compile_sampling=true`` (the compiled
+decode step; its compile falls in the warm-up steps, which are not timed, on both sides alike).
 
 Workloads: (a) 8 prompts x 8 samples, <= 16 new tokens, a ~1.1M-parameter Llama (hidden 128, 4 layers), random
 weights, beta 0.04 and 0; (b) the same with a ~9.5M-parameter Llama (hidden 256, 9 layers); (c) the embedded base on
@@ -95,7 +96,11 @@ def make_prompts(out: Path, n: int = 2000, kind: str = "task") -> Path:
     return out
 
 
-def run_tiltlm(model: Path, prompts: Path, spec: dict, ns, work: Path, tag: str, matmul: str = "float32") -> dict:
+VARIANTS = ["float32", "bfloat16", "float32+compile", "bfloat16+compile"]  # runtime.matmul_dtype [+ compile_sampling]
+
+
+def run_tiltlm(model: Path, prompts: Path, spec: dict, ns, work: Path, tag: str, variant: str = "float32") -> dict:
+    matmul, _, compiled = variant.partition("+")
     run_dir = work / "tiltlm_runs"
     args = ["train", f"model.path={model}", "task.name=jsonl", f"task.path={prompts}",
             f"rollout.prompts_per_step={PROMPTS}", f"rollout.samples_per_prompt={SAMPLES}",
@@ -104,6 +109,7 @@ def run_tiltlm(model: Path, prompts: Path, spec: dict, ns, work: Path, tag: str,
             f"optim.lr={LR}", "optim.warmup_steps=0", "optim.schedule=constant", "optim.grad_clip=1.0",
             "train.skip_zero_gradient_rows=false", "train.updates_per_batch=1", f"train.steps={ns.steps}",
             "eval.prompts=0", f"runtime.threads={ns.threads}", f"runtime.matmul_dtype={matmul}",
+            f"runtime.compile_sampling={'true' if compiled else 'false'}",
             "log.progress=false", "log.tensorboard=off",
             f"log.run_dir={run_dir}", f"log.run_name={tag}"]
     rss_file = work / f"{tag}.rss.json"
@@ -148,15 +154,16 @@ def main() -> int:
     ap.add_argument("--trl-python", default=os.environ.get("TRL_PYTHON", str(ROOT / ".bench-venv/bin/python")))
     ap.add_argument("--prompts", choices=["task", "trl"], default="task",
                     help="prompts of workloads (a)/(b): the embedded task's, or the reference script's own")
-    ap.add_argument("--tiltlm-matmul", nargs="+", default=["float32"], choices=["float32", "bfloat16"],
-                    help="tiltlm's runtime.matmul_dtype; several run side by side, each against the same TRL runs")
+    ap.add_argument("--tiltlm-matmul", nargs="+", default=["float32"], choices=VARIANTS,
+                    help="tiltlm's runtime.matmul_dtype, '+compile' adding runtime.compile_sampling=true; several run "
+                         "side by side, each against the same TRL runs")
     ap.add_argument("--out", default="docs/vs_trl.json")
     ns = ap.parse_args()
     if not Path(ns.trl_python).exists() or not TRL_SCRIPT.exists():
         sys.exit(f"vs_trl: need TRL's venv python ({ns.trl_python}) and {TRL_SCRIPT}; see ../shared/README.md")
     import torch  # only for the bf16 check; the runs themselves are subprocesses
 
-    if "bfloat16" in ns.tiltlm_matmul and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if any(v.startswith("bfloat16") for v in ns.tiltlm_matmul) and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         sys.exit("vs_trl: --tiltlm-matmul bfloat16 needs a CPU with bf16 instructions (AVX512-BF16/AMX)")
     work = Path(tempfile.mkdtemp(prefix="vs-trl-"))
     task_prompts = make_prompts(work / "prompts.jsonl")
@@ -171,7 +178,8 @@ def main() -> int:
         sides: dict[str, list[dict]] = {m: [] for m in ns.tiltlm_matmul} | {"trl": []}
         for rep in range(ns.repeats):  # alternate A B A B: drifting machine load hits both sides alike
             for matmul in ns.tiltlm_matmul:
-                sides[matmul].append(run_tiltlm(model, prompts, spec, ns, work, f"{name}-tiltlm-{matmul}-{rep}", matmul))
+                sides[matmul].append(run_tiltlm(model, prompts, spec, ns, work,
+                                                f"{name}-tiltlm-{matmul.replace('+', '-')}-{rep}", matmul))
             sides["trl"].append(run_trl(model, prompts, spec, ns, work, f"{name}-trl-{rep}"))
         theirs = summarise(sides["trl"])
         results[name] = {"spec": spec, "trl": theirs}
