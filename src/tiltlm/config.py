@@ -185,7 +185,7 @@ class RuntimeConfig:
                                      "without them, where PyTorch emulates bf16; see docs/performance.md)")
     compile_sampling: bool = f(False, "torch.compile the lean forward's decode step (inductor C++ kernels, static "
                                       "cache shapes; needs a C++ compiler): the first batch of each shape pays the "
-                                      "compile (~7 s), then decoding a small model runs faster (docs/performance.md)")
+                                      "compile (5-7 s here), then decoding a small model runs faster (docs/performance.md)")
     keep_freed_memory: bool = f(True, "tune glibc malloc so freed tensors keep their pages (no page fault per 4 KiB "
                                       "on every new activation; cpu.py); memory stays near its peak between steps")
 

@@ -49,6 +49,7 @@ def check_compiled_sampling(model, lean_forward: bool) -> None:
                         "or CXX): install one or set runtime.compile_sampling=false")
     lean.compile_decoding(model)
 
+
 def pick(registry: dict, name: str, key: str) -> Any:
     """``registry[name]``, or a one-line error naming the key, the closest valid name and all valid names."""
     if name in registry:
