@@ -225,11 +225,25 @@ class LeanDecoder:
         if fused is None:
             x = x + self.linear(attn, layer.self_attn.o_proj.weight)
             h = self.norm(x, layer.post_attention_layernorm)
+            if self.mm_dtype is not None:  # the SiLU gate stays in mm_dtype: see gated_low
+                low = self.low_rows(h)
+                gate, up = low @ self.low(m.gate_proj.weight).t(), low @ self.low(m.up_proj.weight).t()
+                return x + self.gated_low(gate, up, self.low(m.down_proj.weight).t(), x)
             gate, up = self.linears(h, [(m.gate_proj.weight, None), (m.up_proj.weight, None)])
             return x + self.linear(F.silu(gate) * up, m.down_proj.weight)
         x = x + self.linear_t(attn, fused[3])
-        gate, up = self.linear_t(self.norm(x, layer.post_attention_layernorm), fused[2]).chunk(2, dim=-1)
+        h = self.norm(x, layer.post_attention_layernorm)
+        if self.mm_dtype is not None:
+            gate, up = (self.low_rows(h) @ fused[2]).chunk(2, dim=-1)
+            return x + self.gated_low(gate, up, fused[4], x)
+        gate, up = self.linear_t(h, fused[2]).chunk(2, dim=-1)
         return x + self.linear_t(F.silu(gate) * up, fused[4])
+
+    def gated_low(self, gate: torch.Tensor, up: torch.Tensor, down_t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """down_proj(silu(gate) * up) with gate/up still in ``mm_dtype`` (rows padded), cut to ``like``'s rows and
+        dtype. The SiLU and the product stay in ``mm_dtype``: the product is rounded to it for down_proj anyway, and
+        this saves casting two [rows, intermediate] tensors up and one back down per layer, and their backward."""
+        return ((F.silu(gate) * up) @ down_t)[: len(like)].to(like.dtype)
 
     def rope(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, signed sin [N, 1, D] for flat positions [N] (HF's rotary module: every static rope type matches)."""
