@@ -34,6 +34,8 @@ MATMUL_ATTR = "tiltlm_matmul_dtype"  # dtype of the layers' projections on the l
 _STATIC_ROPE = {"default", "linear", "llama3", "yarn"}  # inv_freq does not depend on the sequence length
 COMPILE_ATTR = "tiltlm_compile_decoding"  # set by compile_decoding: sample with the compiled, static-shape step
 STATIC_COLUMNS = 16  # compiled decoding: cache widths rounded up to a multiple of this, so few shapes get compiled
+TRAIN_COMPILE_ATTR = "tiltlm_compile_training"  # set by compile_training: score with the compiled, padded forward
+PAD_COLUMNS, PAD_PROMPTS, PAD_ROWS = 8, 4, 16  # compiled scoring: widths / distinct prompts / rows rounded up to these
 
 
 def supported(model) -> str | None:
@@ -101,6 +103,29 @@ def decoding_compiled(model) -> bool:
 @functools.cache
 def _compiled_decode_layers():
     return torch.compile(LeanDecoder.decode_layers, dynamic=False)
+
+
+def compile_training(model, on: bool = True) -> bool:
+    """Score completions of a lean-marked ``model`` (the training forward and backward, reference and teacher
+    log-probs) with a ``torch.compile``'d forward; returns whether it is switched on.
+
+    The packed forward's 1,000+ small ops per step (norms, RoPE, SiLU gate, index copies, and as many again in the
+    backward) cost more than its matmuls on small models; inductor fuses them. Compiling needs static shapes, so
+    the compiled forward runs the *padded* layout (``padded_logits``: every prompt and completion column computed,
+    widths and row counts rounded up, see ``bucketed_logits``); each new shape pays a compile (about 20 s cold for
+    forward + backward of a 4-layer model here), so it pays off for runs with steady batch shapes."""
+    ok = bool(on) and enabled(model)
+    object.__setattr__(model, TRAIN_COMPILE_ATTR, ok)
+    return ok
+
+
+def training_compiled(model) -> bool:
+    return enabled(model) and bool(getattr(model, TRAIN_COMPILE_ATTR, False))
+
+
+@functools.cache
+def _compiled_padded_logits():
+    return torch.compile(LeanDecoder.padded_logits, dynamic=False)
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -260,11 +285,13 @@ class LeanDecoder:
                           completion_ids: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
         """Logits [B, C, V] predicting each completion token (rows: left-padded prompt, right-padded completion);
         padding positions hold garbage. Identical prompts in consecutive rows are computed once."""
-        B, C = completion_ids.shape
-        dev = completion_ids.device
         # distinct prompts (consecutive runs of identical rows) and, for each row, its prompt
         prompts, inv = torch.unique_consecutive(torch.cat([prompt_ids, prompt_mask], 1), dim=0, return_inverse=True)
         p_ids, p_mask = prompts.split(prompt_ids.shape[1], dim=1)
+        if training_compiled(self.model):
+            return self.bucketed_logits(p_ids, p_mask, completion_ids, inv)
+        B, C = completion_ids.shape
+        dev = completion_ids.device
         G, P = p_ids.shape
         p_len = p_mask.sum(1)
         # flat indices of the tokens to run: prompts left-padded, completions right-padded (the mask is a prefix).
@@ -277,33 +304,91 @@ class LeanDecoder:
             (p_len[inv].unsqueeze(1) + torch.arange(C, device=dev)).flatten()[c_flat],
         ])
         x = self.inner.embed_tokens(torch.cat([p_ids.flatten()[p_flat], completion_ids.flatten()[c_flat]]))
-        cos, sin = self.rope(x, positions)
-        # attention masks on the padded layouts: completions see their prompt's real tokens and themselves causally
-        mask_p = _prompt_attention_mask(p_mask)
-        causal_c = torch.ones(C, C, dtype=torch.bool, device=dev).tril()
-        mask_c = torch.cat([p_mask.bool()[inv][:, None, :].expand(B, C, P), causal_c.expand(B, C, C)], 2).unsqueeze(1)
+        layout = ((p_flat, G, P), (c_flat, B, C))
 
-        def padded(t: torch.Tensor, index: torch.Tensor, rows: int, width: int) -> torch.Tensor:
+        def to_heads(t: torch.Tensor, part: int) -> torch.Tensor:
             """flat [n, h, D] -> [rows, h, width, D] with zeros at padding"""
+            index, rows, width = layout[part]
             out = t.new_zeros(rows * width, t.shape[1], t.shape[2]).index_copy(0, index, t)
             return out.view(rows, width, t.shape[1], t.shape[2]).transpose(1, 2)
 
-        def flat(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-            """[rows, H, width, D] -> flat [n, H*D] at ``index``"""
-            return t.transpose(1, 2).reshape(-1, self.H * self.D)[index]
+        def to_flat(t: torch.Tensor, part: int) -> torch.Tensor:
+            """[rows, H, width, D] -> flat [n, H*D] at the part's token indices"""
+            return t.transpose(1, 2).reshape(-1, self.H * self.D)[layout[part][0]]
 
-        for layer in self.inner.layers:
-            q, k, v = self.qkv(layer, None, x, cos, sin)
-            kp, vp = padded(k[:n_p], p_flat, G, P), padded(v[:n_p], p_flat, G, P)
-            out_p = self.attend(layer, padded(q[:n_p], p_flat, G, P), kp, vp, mask_p)
-            k_c = torch.cat([kp.index_select(0, inv), padded(k[n_p:], c_flat, B, C)], dim=2)
-            v_c = torch.cat([vp.index_select(0, inv), padded(v[n_p:], c_flat, B, C)], dim=2)
-            out_c = self.attend(layer, padded(q[n_p:], c_flat, B, C), k_c, v_c, mask_c)
-            x = self.finish_layer(layer, None, x, torch.cat([flat(out_p, p_flat), flat(out_c, c_flat)]))
+        x = self.attention_stack(x, positions, n_p, p_mask, inv, C, to_heads, to_flat, lambda t: t.index_select(0, inv))
         # completion token j is predicted at the prompt's last token (j = 0) or at completion token j - 1
         hidden = x.new_zeros(B * C, x.shape[1]).index_copy(0, c_flat, x[n_p:]).view(B, C, -1)
         last_prompt = x[p_len.cumsum(0) - 1].index_select(0, inv)
         return self.logits(torch.cat([last_prompt.unsqueeze(1), hidden[:, :-1]], dim=1))
+
+    def attention_stack(self, x: torch.Tensor, positions: torch.Tensor, n_p: int, p_mask: torch.Tensor,
+                        inv: torch.Tensor, C: int, to_heads, to_flat, share) -> torch.Tensor:
+        """The decoder layers over flat tokens x [n_p prompt tokens + completion tokens, hidden]: prompts attend
+        causally to their real tokens, each completion (row b, prompt ``inv[b]``) to its prompt and causally to
+        itself. ``to_heads(t, part)`` / ``to_flat(t, part)`` move a part (0 prompts, 1 completions) between the
+        flat layout and [rows, heads, width, D]; ``share(t)`` gives each row its prompt's slice of t [G, ...]."""
+        B, dev = len(inv), x.device
+        cos, sin = self.rope(x, positions)
+        G, P = p_mask.shape
+        mask_p = _prompt_attention_mask(p_mask)
+        causal_c = torch.ones(C, C, dtype=torch.bool, device=dev).tril()
+        mask_c = torch.cat([p_mask.bool()[inv][:, None, :].expand(B, C, P), causal_c.expand(B, C, C)], 2).unsqueeze(1)
+        for layer in self.inner.layers:
+            q, k, v = self.qkv(layer, None, x, cos, sin)
+            (q_p, q_c), (k_p, k_c), (v_p, v_c) = ((to_heads(t[:n_p], 0), to_heads(t[n_p:], 1)) for t in (q, k, v))
+            out_p = self.attend(layer, q_p, k_p, v_p, mask_p)
+            k_c, v_c = torch.cat([share(k_p), k_c], dim=2), torch.cat([share(v_p), v_c], dim=2)
+            out_c = self.attend(layer, q_c, k_c, v_c, mask_c)
+            x = self.finish_layer(layer, None, x, torch.cat([to_flat(out_p, 0), to_flat(out_c, 1)]))
+        return x
+
+    # -- training / scoring, compiled: padded static shapes ---------------------------------------------------
+    def bucketed_logits(self, p_ids: torch.Tensor, p_mask: torch.Tensor, completion_ids: torch.Tensor,
+                        inv: torch.Tensor) -> torch.Tensor:
+        """``completion_logits`` through the compiled ``padded_logits``: prompt and completion widths, distinct
+        prompts and rows are rounded up to a multiple of PAD_COLUMNS / PAD_PROMPTS / PAD_ROWS so a run meets few
+        shapes (each one compiles once). Extra prompt columns are left padding (masked), extra completion columns
+        right padding (causally after every real token), extra prompts and rows copies of the first (read by
+        nothing that is returned), so the real positions' logits are those of the packed path up to rounding."""
+        (G, P), (B, C) = p_ids.shape, completion_ids.shape
+        pad_p, pad_c = -P % PAD_COLUMNS, -C % PAD_COLUMNS
+        p_ids, p_mask = F.pad(p_ids, (pad_p, 0)), F.pad(p_mask, (pad_p, 0))
+        extra_g, extra_b = -G % PAD_PROMPTS, -B % PAD_ROWS
+        p_ids, p_mask = (torch.cat([t, t[:1].expand(extra_g, -1)]) for t in (p_ids, p_mask))
+        c_ids = F.pad(completion_ids, (0, pad_c))
+        c_ids, inv = torch.cat([c_ids, c_ids[:1].expand(extra_b, -1)]), torch.cat([inv, inv[:1].expand(extra_b)])
+        return _compiled_padded_logits()(self, p_ids, p_mask, c_ids, inv)[:B, :C]
+
+    def padded_logits(self, p_ids: torch.Tensor, p_mask: torch.Tensor, c_ids: torch.Tensor,
+                      inv: torch.Tensor) -> torch.Tensor:
+        """Logits [B, C, V] of completions c_ids [B, C] after left-padded prompts p_ids [G, P] (row b's prompt is
+        ``inv[b]``), every position computed, padding included: no data-dependent shapes, so torch.compile
+        builds one graph (forward and backward) per shape and fuses its elementwise work."""
+        (G, P), (B, C) = p_ids.shape, c_ids.shape
+        n_p = G * P
+        positions = torch.cat([(p_mask.cumsum(1) - 1).clamp(min=0).flatten(),
+                               (p_mask.sum(1)[inv].unsqueeze(1) + torch.arange(C, device=c_ids.device)).flatten()])
+        x = self.inner.embed_tokens(torch.cat([p_ids.flatten(), c_ids.flatten()]))
+        shape = ((G, P), (B, C))
+
+        def to_heads(t: torch.Tensor, part: int) -> torch.Tensor:
+            return t.view(*shape[part], t.shape[1], self.D).transpose(1, 2)
+
+        def to_flat(t: torch.Tensor, part: int) -> torch.Tensor:
+            return t.transpose(1, 2).reshape(-1, self.H * self.D)
+
+        # a row's copy of its prompt's keys/values as a one-hot [B, G] matmul: its backward is a matmul too, where
+        # index_select's is a scatter-add (measured slower compiled)
+        rows_of = F.one_hot(inv, G).to(x.dtype)
+
+        def share(t: torch.Tensor) -> torch.Tensor:
+            return (rows_of @ t.flatten(1)).view(B, *t.shape[1:])
+
+        x = self.attention_stack(x, positions, n_p, p_mask, inv, C, to_heads, to_flat, share)
+        # left padding: every prompt's last real token is its last column
+        last_prompt = share(x[:n_p].view(G, P, -1)[:, -1])
+        return self.logits(torch.cat([last_prompt.unsqueeze(1), x[n_p:].view(B, C, -1)[:, :-1]], dim=1))
 
     # -- sampling: a static KV cache ----------------------------------------------------------------------------
     @torch.no_grad()

@@ -36,18 +36,23 @@ from tiltlm.tasks import Task, build_task
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def check_compiled_sampling(model, lean_forward: bool) -> None:
-    """Switch on the compiled decode step (lean.compile_decoding) or say in one line why it cannot run."""
+def check_compilable(model, key: str, lean_forward: bool) -> None:
+    """Say in one line why ``runtime.<key>=true`` (a torch.compile'd lean forward) cannot run, if it cannot."""
     import os
     import shutil
 
     if not lean.enabled(model):
         why = lean.supported(model) if lean_forward else "runtime.lean_forward is false"
-        raise TiltError(f"runtime.compile_sampling needs the lean forward, which this model cannot use: {why}")
+        raise TiltError(f"runtime.{key} needs the lean forward, which this model cannot use: {why}")
     if not (os.environ.get("CXX") or any(shutil.which(c) for c in ("g++", "c++", "clang++"))):
-        raise TiltError("runtime.compile_sampling needs a C++ compiler for torch.compile (g++ or clang++ on PATH, "
-                        "or CXX): install one or set runtime.compile_sampling=false")
-    lean.compile_decoding(model)
+        raise TiltError(f"runtime.{key} needs a C++ compiler for torch.compile (g++ or clang++ on PATH, "
+                        f"or CXX): install one or set runtime.{key}=false")
+
+
+def compile_lean(model, runtime) -> None:
+    """Switch the compiled decode step / scoring forward on or off as ``runtime`` says (lean.py)."""
+    lean.compile_decoding(model, runtime.compile_sampling)
+    lean.compile_training(model, runtime.compile_training)
 
 
 def pick(registry: dict, name: str, key: str) -> Any:
@@ -181,20 +186,23 @@ def prepare(cfg: Config) -> Setup:
     if matmul_dtype == torch.bfloat16 and not lean.native_bf16(device):
         raise TiltError(f"runtime.matmul_dtype=bfloat16 needs bf16 instructions (AVX512-BF16/AMX or CUDA); this "
                         f"{device.type} emulates them, ~100x slower than float32: use runtime.matmul_dtype=float32")
-    if cfg.runtime.compile_sampling:
-        check_compiled_sampling(model, cfg.runtime.lean_forward)
+    for key in ("compile_sampling", "compile_training"):
+        if getattr(cfg.runtime, key):
+            check_compilable(model, key, cfg.runtime.lean_forward)
+    compile_lean(model, cfg.runtime)
     model.to(device)
     reference = None
     if "ref" in needs or (cfg.eval.prompts > 0 and cfg.eval.kl_to_base):
         reference, _ = load_model_and_tokenizer(cfg.model.path, *lean_args)
         reference.to(device).eval().requires_grad_(False)
+        compile_lean(reference, cfg.runtime)
     teacher = None
     if "teacher" in needs or getattr(objective, "sample_from", "policy") == "teacher":
         teacher, teacher_tok = load_model_and_tokenizer(cfg.objective.teacher, *lean_args)
         if teacher_tok.get_vocab() != tokenizer.get_vocab():
             raise TiltError(f"objective.teacher '{cfg.objective.teacher}' has a different tokenizer than the student")
         teacher.to(device).eval().requires_grad_(False)
-        lean.compile_decoding(teacher, cfg.runtime.compile_sampling)  # when the objective samples from it
+        compile_lean(teacher, cfg.runtime)  # sampling: when the objective samples from it
     constant = cfg.objective.aggregation_constant or float(cfg.rollout.max_new_tokens)
     optimizer = torch.optim.AdamW(  # fused: one kernel for all parameters (3x faster than foreach on CPU here)
         model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay,
