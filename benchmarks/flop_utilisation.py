@@ -11,7 +11,9 @@ matmul, batched matmul and attention kernel the pass executes (forward and backw
 process the way ../shared/bench/cpu_peak.py does -- square matmuls of 1024, 2048 and 4096, median of 5 each, at the
 start and at the end -- and taken as the *best* of those medians per dtype (the strictest reading of "peak"). The
 lean forward is also timed with bf16 matmuls (``runtime.matmul_dtype=bfloat16``); its utilisation is quoted against
-the bf16 peak. Utilisation = executed GFLOP/s / peak of the dtype used. The lean forward executes fewer FLOPs for the
+the bf16 peak. ``lean_compiled`` / ``lean_bf16_compiled`` are the same with ``runtime.compile_training`` (the compiled,
+padded forward: it executes the padding's FLOPs too, counted on the same forward run eagerly; the compile falls in an
+untimed call). Utilisation = executed GFLOP/s / peak of the dtype used. The lean forward executes fewer FLOPs for the
 same gradients (no padding, shared prompts); its utilisation is quoted on the FLOPs it executes, and "effective"
 GFLOP/s (the transformers forward's FLOPs / lean time) is listed too.
 """
@@ -25,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -58,7 +61,14 @@ def matmul_peak(threads: int, dtype: torch.dtype, sizes=(1024, 2048, 4096), reps
     return out
 
 
-VARIANTS = {"lean": (True, None), "lean_bf16": (True, torch.bfloat16), "transformers": (False, None)}
+# name: (lean forward, matmul dtype, runtime.compile_training)
+VARIANTS = {"lean": (True, None, False), "lean_bf16": (True, torch.bfloat16, False), "transformers": (False, None, False),
+            "lean_compiled": (True, None, True), "lean_bf16_compiled": (True, torch.bfloat16, True)}
+
+
+def configure(model, on: bool, mm, compiled: bool) -> None:
+    lean.enable(model, on, matmul_dtype=mm)
+    lean.compile_training(model, compiled)
 
 
 def rollout(model, tok, prompts: int, samples: int, max_new: int):
@@ -93,10 +103,10 @@ def main() -> int:
         dtypes.append(torch.bfloat16)
     else:  # emulated bf16 runs at ~1 GFLOP/s here: its peak alone would take hours to measure
         print("this CPU has no bf16 instructions: the lean_bf16 variant and the bf16 peak are left out")
-        variants.pop("lean_bf16")
+        variants.pop("lean_bf16"), variants.pop("lean_bf16_compiled")
     peaks = {str(dt).removeprefix("torch."): [matmul_peak(ns.threads, dt)] for dt in dtypes}
     rows = {}
-    print(f"{'workload':8s} {'forward':9s} {'GFLOP':>7s} {'ms':>7s} {'GFLOP/s':>8s} {'of peak':>8s} {'effective':>9s}")
+    print(f"{'workload':8s} {'forward':18s} {'GFLOP':>7s} {'ms':>7s} {'GFLOP/s':>8s} {'of peak':>8s} {'effective':>9s}")
     for name in ns.workloads:
         spec_name, prompts, samples, max_new = SHAPES[name]
         model_dir = vs_trl.make_model(vs_trl.WORKLOADS[spec_name], work / name)
@@ -104,14 +114,18 @@ def main() -> int:
         model.train()
         batch = rollout(model, tok, prompts, samples, max_new)
         flops, times = {}, {v: [] for v in variants}
-        for variant, (on, mm) in variants.items():
-            lean.enable(model, on, matmul_dtype=mm)
-            with FlopCounterMode(display=False) as counter:
+        for variant, setting in variants.items():
+            configure(model, *setting)
+            # the compiled variants' FLOPs are counted on the same padded forward run eagerly (the counter is a
+            # dispatch mode, which compiled graphs do not go through); their first call here also compiles
+            eager = mock.patch.object(lean, "_compiled_padded_logits", lambda: lean.LeanDecoder.padded_logits)
+            with eager, FlopCounterMode(display=False) as counter:
                 forward_backward(model, batch)
             flops[variant] = counter.get_total_flops()
+            forward_backward(model, batch)
         for _ in range(ns.repeats):  # alternate so that drifting machine speed hits all alike
-            for variant, (on, mm) in variants.items():
-                lean.enable(model, on, matmul_dtype=mm)
+            for variant, setting in variants.items():
+                configure(model, *setting)
                 t = time.perf_counter()
                 forward_backward(model, batch)
                 times[variant].append(time.perf_counter() - t)
@@ -128,9 +142,9 @@ def main() -> int:
     for name, r in rows.items():
         for variant in variants:
             v = r[variant]
-            v["peak_dtype"] = "bfloat16" if variant == "lean_bf16" else "float32"
+            v["peak_dtype"] = "bfloat16" if variants[variant][1] == torch.bfloat16 else "float32"
             v["utilisation"] = v["gflops"] / peak[v["peak_dtype"]]
-            print(f"{name:8s} {variant[:9]:9s} {v['gflop']:7.2f} {v['median_s'] * 1e3:7.1f} {v['gflops']:8.1f} "
+            print(f"{name:8s} {variant[:18]:18s} {v['gflop']:7.2f} {v['median_s'] * 1e3:7.1f} {v['gflops']:8.1f} "
                   f"{v['utilisation']:8.0%} {v['effective_gflops']:9.1f}")
     print(f"matmul peak ({ns.threads} threads, best median of n = 1024/2048/4096, start and end): "
           + ", ".join(f"{dt} {g:.0f} GFLOP/s" for dt, g in peak.items()))

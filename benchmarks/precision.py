@@ -1,6 +1,7 @@
 """bf16 matmuls vs float32 on this CPU: the speed of each training phase and the error it costs.
 
-    python benchmarks/precision.py [--workloads a b c] [--threads 2] [--repeats 15] [--out docs/precision.json]
+    python benchmarks/precision.py [--workloads a b c] [--threads 2] [--repeats 15] [--compile-training]
+                                   [--out docs/precision.json]
 
 For each workload of benchmarks/vs_trl.py ((a) ~1.1M-param random Llama, (b) ~9.5M, 8 prompts x 8 samples, <= 16 new
 tokens; (c) the embedded base at the quickstart's shape, 64 x 8, <= 8 tokens) one rollout batch is sampled in float32.
@@ -15,6 +16,8 @@ over ``--repeats``:
 Errors of bf16 against float32 on the same batch: relative error of the loss, relative L2 error and cosine of the
 gradient, largest |log-prob difference| of the reference forward, and the largest |sampling log-prob - training
 log-prob| under bf16 (the policy mismatch that bf16 sampling brings into the PPO ratio, which is exactly 1 in float32).
+``--compile-training`` runs both modes' update and reference through the compiled padded forward
+(``runtime.compile_training``; its compiles fall in the first, untimed calls).
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ def measure(name: str, ns, work: Path) -> dict:
     advantages = ((groups - groups.mean(1, keepdim=True)) / (groups.std(1, keepdim=True) + 1e-4)).flatten()
     mask = gen.completion_mask.bool()
     model.train()
+    lean.compile_training(model, ns.compile_training)
 
     def update():
         model.zero_grad(set_to_none=True)
@@ -125,6 +129,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--workloads", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    ap.add_argument("--compile-training", action="store_true", help="runtime.compile_training for both modes")
     ap.add_argument("--out", default="docs/precision.json")
     ns = ap.parse_args()
     if not lean.native_bf16(torch.device("cpu")):

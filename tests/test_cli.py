@@ -185,17 +185,21 @@ def test_bf16_matmuls_run_only_where_the_cpu_has_bf16_instructions(tmp_path):
         assert not runs.exists() or not any(runs.iterdir())
 
 
-def test_compiled_sampling_trains_and_needs_the_lean_forward(tmp_path):
-    """runtime.compile_sampling=true trains end to end (sampling and held-out evaluation through the compiled decode
-    step); without the lean forward it is a one-line error naming the cause, and no run directory is left."""
+def test_compiled_sampling_and_training_train_and_need_the_lean_forward(tmp_path):
+    """runtime.compile_sampling=true and runtime.compile_training=true train end to end (sampling and held-out
+    evaluation through the compiled decode step, the update and the reference log-probs through the compiled
+    scoring forward); without the lean forward each is a one-line error naming the cause, and no run directory is
+    left."""
     runs = tmp_path / "runs"
-    proc = tiltlm("train", f"log.run_dir={runs}", *SMALL, "eval.kl_to_base=false", "runtime.compile_sampling=true")
+    proc = tiltlm("train", f"log.run_dir={runs}", *SMALL, "eval.kl_to_base=false", "objective.beta=0.04",
+                  "train.skip_zero_gradient_rows=false", "runtime.compile_sampling=true", "runtime.compile_training=true")
     assert proc.returncode == 0, proc.stderr
     assert len(list(runs.glob("*/final/model.safetensors"))) == 1
-    bad = tmp_path / "bad"
-    proc = tiltlm("train", f"log.run_dir={bad}", *SMALL, "runtime.compile_sampling=true", "runtime.lean_forward=false")
-    assert_one_line_error(proc, "runtime.compile_sampling needs the lean forward", "runtime.lean_forward is false")
-    assert not bad.exists() or not any(bad.iterdir())
+    for key in ("compile_sampling", "compile_training"):
+        bad = tmp_path / f"bad_{key}"
+        proc = tiltlm("train", f"log.run_dir={bad}", *SMALL, f"runtime.{key}=true", "runtime.lean_forward=false")
+        assert_one_line_error(proc, f"runtime.{key} needs the lean forward", "runtime.lean_forward is false")
+        assert not bad.exists() or not any(bad.iterdir())
 
 
 def test_eval_bad_input(tmp_path):

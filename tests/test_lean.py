@@ -278,3 +278,47 @@ def test_compiled_decoding_gives_the_eager_logits_and_samples():
     reference = HFEngine(model, eos_id=2, pad_id=0).generate(prompts, 4, 6, 1.0, torch.Generator().manual_seed(0))
     assert torch.equal(sampled.completion_ids, reference.completion_ids)
     assert (sampled.sample_logprobs - reference.sample_logprobs).abs().max() < 1e-5
+
+
+def test_compiled_training_forward_gives_the_transformers_logits_and_gradients():
+    """runtime.compile_training: the padded, bucketed, compiled forward (widths, prompts and rows rounded up, every
+    padding position computed) returns the transformers forward's logits at every real position and the same
+    gradients -- also with interleaved prompts, after a parameter update (the graph reads the live parameters), and
+    without grad (the reference log-probs). A batch of other sizes inside the same buckets compiles nothing new."""
+    from torch._dynamo.utils import counters
+
+    model = tiny("qwen2_bias")  # q/k/v biases and grouped key/value heads
+    assert lean.enable(model) and lean.compile_training(model) and lean.training_compiled(model)
+    p_ids, p_mask, c_ids, c_mask = grouped_batch()  # 3 prompts x 4, P = 6, C = 5: none a multiple of its bucket
+    real = c_mask.bool()
+    weights = torch.randn(*c_ids.shape, 40, generator=torch.Generator().manual_seed(2))
+
+    def logits_and_grads(fn, rows=slice(None)):
+        model.zero_grad()
+        logits = fn()
+        (logits * weights[rows])[real[rows]].sum().backward()
+        return logits.detach(), [p.grad.clone() for p in model.parameters()]
+
+    def transformers(rows=slice(None)):
+        ids, mask = torch.cat([p_ids, c_ids], 1)[rows], torch.cat([p_mask, c_mask], 1)[rows]
+        return completion_logits(model, ids, mask, c_ids.shape[1])
+
+    def check(rows=slice(None)):
+        want, want_grads = logits_and_grads(lambda: transformers(rows), rows)
+        got, got_grads = logits_and_grads(lambda: lean.LeanDecoder(model).completion_logits(
+            p_ids[rows], p_mask[rows], c_ids[rows], c_mask[rows]), rows)
+        assert got.shape == want.shape and (got - want)[real[rows]].abs().max() < 1e-5
+        for a, b in zip(want_grads, got_grads):
+            assert (a - b).abs().max() <= 1e-5 * max(1.0, a.abs().max().item())
+
+    check()
+    check(torch.tensor([0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11]))  # no two consecutive rows share a prompt
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight.mul_(3.0)
+        model.model.norm.weight.add_(0.5)
+    compiled = counters["stats"]["unique_graphs"]
+    check(torch.arange(9))  # 3 prompts x 3 rows: still the buckets of 4 prompts x 16 rows
+    assert counters["stats"]["unique_graphs"] == compiled
+    with torch.no_grad():
+        got = lean.LeanDecoder(model).completion_logits(p_ids, p_mask, c_ids, c_mask)
+        assert (got - transformers())[real].abs().max() < 1e-5

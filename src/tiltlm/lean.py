@@ -35,7 +35,9 @@ _STATIC_ROPE = {"default", "linear", "llama3", "yarn"}  # inv_freq does not depe
 COMPILE_ATTR = "tiltlm_compile_decoding"  # set by compile_decoding: sample with the compiled, static-shape step
 STATIC_COLUMNS = 16  # compiled decoding: cache widths rounded up to a multiple of this, so few shapes get compiled
 TRAIN_COMPILE_ATTR = "tiltlm_compile_training"  # set by compile_training: score with the compiled, padded forward
-PAD_COLUMNS, PAD_PROMPTS, PAD_ROWS = 8, 4, 16  # compiled scoring: widths / distinct prompts / rows rounded up to these
+# compiled scoring rounds prompt widths, completion widths, distinct prompts and rows up to multiples of these. Prompt
+# widths are coarse: prompts are few, and a batch's longest prompt moves often (a new shape = a new compile)
+PROMPT_COLUMNS, COMPLETION_COLUMNS, PAD_PROMPTS, PAD_ROWS = 16, 8, 4, 16
 
 
 def supported(model) -> str | None:
@@ -347,12 +349,12 @@ class LeanDecoder:
     def bucketed_logits(self, p_ids: torch.Tensor, p_mask: torch.Tensor, completion_ids: torch.Tensor,
                         inv: torch.Tensor) -> torch.Tensor:
         """``completion_logits`` through the compiled ``padded_logits``: prompt and completion widths, distinct
-        prompts and rows are rounded up to a multiple of PAD_COLUMNS / PAD_PROMPTS / PAD_ROWS so a run meets few
-        shapes (each one compiles once). Extra prompt columns are left padding (masked), extra completion columns
+        prompts and rows are rounded up to multiples of PROMPT_COLUMNS / COMPLETION_COLUMNS / PAD_PROMPTS / PAD_ROWS
+        so a run meets few shapes (each one compiles once). Extra prompt columns are left padding (masked), extra completion columns
         right padding (causally after every real token), extra prompts and rows copies of the first (read by
         nothing that is returned), so the real positions' logits are those of the packed path up to rounding."""
         (G, P), (B, C) = p_ids.shape, completion_ids.shape
-        pad_p, pad_c = -P % PAD_COLUMNS, -C % PAD_COLUMNS
+        pad_p, pad_c = -P % PROMPT_COLUMNS, -C % COMPLETION_COLUMNS
         p_ids, p_mask = F.pad(p_ids, (pad_p, 0)), F.pad(p_mask, (pad_p, 0))
         extra_g, extra_b = -G % PAD_PROMPTS, -B % PAD_ROWS
         p_ids, p_mask = (torch.cat([t, t[:1].expand(extra_g, -1)]) for t in (p_ids, p_mask))

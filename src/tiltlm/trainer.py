@@ -99,7 +99,8 @@ def train(cfg: Config, progress=None) -> TrainResult:
             # 6. update: mu optimizer steps; zero-gradient rows left out (their weights stay in the normaliser)
             rows = s.objective.rows_with_gradient(learn) if cfg.train.skip_zero_gradient_rows else torch.ones(learn.size, dtype=torch.bool)
             train_batch = learn.select(rows)
-            s.model.train()
+            if not s.model.training:  # train() walks every module; generation leaves a lean model in train mode
+                s.model.train()
             for _ in range(cfg.train.updates_per_batch):
                 update_stats = update(policy_logprobs, train_batch, s.objective, s.optimizer, s.scheduler, s.params,
                                       cfg.train.micro_batch_size, cfg.optim.grad_clip, s.timer)
