@@ -280,11 +280,12 @@ def test_compiled_decoding_gives_the_eager_logits_and_samples():
     assert (sampled.sample_logprobs - reference.sample_logprobs).abs().max() < 1e-5
 
 
-def test_compiled_training_forward_gives_the_transformers_logits_and_gradients():
-    """runtime.compile_training: the padded, bucketed, compiled forward (widths, prompts and rows rounded up, every
-    padding position computed) returns the transformers forward's logits at every real position and the same
-    gradients -- also with interleaved prompts, after a parameter update (the graph reads the live parameters), and
-    without grad (the reference log-probs). A batch of other sizes inside the same buckets compiles nothing new."""
+def test_compiled_training_forward_gives_the_transformers_logits_and_gradients(monkeypatch):
+    """runtime.compile_training: the padded, bucketed forward (widths, prompts and rows rounded up, every padding
+    position computed) returns the transformers forward's logits at every real position and the same gradients --
+    with grouped and with interleaved prompts, and without grad (the reference log-probs). Compiled, it gives the
+    same again, also after a parameter update (the graph reads the live parameters), and a batch of other sizes
+    inside the same buckets compiles nothing new."""
     from torch._dynamo.utils import counters
 
     model = tiny("qwen2_bias")  # q/k/v biases and grouped key/value heads
@@ -293,32 +294,43 @@ def test_compiled_training_forward_gives_the_transformers_logits_and_gradients()
     real = c_mask.bool()
     weights = torch.randn(*c_ids.shape, 40, generator=torch.Generator().manual_seed(2))
 
-    def logits_and_grads(fn, rows=slice(None)):
+    def logits_and_grads(fn, rows):
         model.zero_grad()
         logits = fn()
         (logits * weights[rows])[real[rows]].sum().backward()
         return logits.detach(), [p.grad.clone() for p in model.parameters()]
 
-    def transformers(rows=slice(None)):
+    def transformers(rows):
         ids, mask = torch.cat([p_ids, c_ids], 1)[rows], torch.cat([p_mask, c_mask], 1)[rows]
         return completion_logits(model, ids, mask, c_ids.shape[1])
 
     def check(rows=slice(None)):
+        def lean_logits():
+            return lean.LeanDecoder(model).completion_logits(p_ids[rows], p_mask[rows], c_ids[rows], c_mask[rows])
+
         want, want_grads = logits_and_grads(lambda: transformers(rows), rows)
-        got, got_grads = logits_and_grads(lambda: lean.LeanDecoder(model).completion_logits(
-            p_ids[rows], p_mask[rows], c_ids[rows], c_mask[rows]), rows)
+        got, got_grads = logits_and_grads(lean_logits, rows)
         assert got.shape == want.shape and (got - want)[real[rows]].abs().max() < 1e-5
         for a, b in zip(want_grads, got_grads):
             assert (a - b).abs().max() <= 1e-5 * max(1.0, a.abs().max().item())
+        with torch.no_grad():
+            assert (lean_logits() - transformers(rows))[real[rows]].abs().max() < 1e-5
 
-    check()
-    check(torch.tensor([0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11]))  # no two consecutive rows share a prompt
+    with monkeypatch.context() as eager:  # the padded layout's math, uncompiled: cheap to check more cases
+        eager.setattr(lean, "_compiled_padded_logits", lambda: lean.LeanDecoder.padded_logits)
+        check()
+        check(torch.tensor([0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11]))  # no two consecutive rows share a prompt
+    check()  # compiled (one graph: 4 prompts x 16 rows, P 16, C 8)
     with torch.no_grad():
         model.model.layers[0].mlp.down_proj.weight.mul_(3.0)
         model.model.norm.weight.add_(0.5)
     compiled = counters["stats"]["unique_graphs"]
-    check(torch.arange(9))  # 3 prompts x 3 rows: still the buckets of 4 prompts x 16 rows
+    assert compiled > 0  # the compiled path did compile
+    rows = torch.arange(9)  # 3 prompts x 3 rows: still inside the buckets
+    want, want_grads = logits_and_grads(lambda: transformers(rows), rows)
+    got, got_grads = logits_and_grads(
+        lambda: lean.LeanDecoder(model).completion_logits(p_ids[rows], p_mask[rows], c_ids[rows], c_mask[rows]), rows)
+    assert (got - want)[real[rows]].abs().max() < 1e-5
+    for a, b in zip(want_grads, got_grads):
+        assert (a - b).abs().max() <= 1e-5 * max(1.0, a.abs().max().item())
     assert counters["stats"]["unique_graphs"] == compiled
-    with torch.no_grad():
-        got = lean.LeanDecoder(model).completion_logits(p_ids, p_mask, c_ids, c_mask)
-        assert (got - transformers())[real].abs().max() < 1e-5
