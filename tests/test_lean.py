@@ -334,3 +334,22 @@ def test_compiled_training_forward_gives_the_transformers_logits_and_gradients(m
     for a, b in zip(want_grads, got_grads):
         assert (a - b).abs().max() <= 1e-5 * max(1.0, a.abs().max().item())
     assert counters["stats"]["unique_graphs"] == compiled
+
+
+def test_compiled_training_falls_back_to_the_packed_forward_once_the_recompile_limit_is_spent(monkeypatch):
+    """Once torch.compile's recompile limit is spent on other shapes, a new shape goes to the packed forward (dynamo
+    would run the padded one uncompiled, which is slower) -- same logits, nothing compiled."""
+    import torch._dynamo
+
+    model = tiny("llama_gqa")
+    assert lean.enable(model) and lean.compile_training(model)
+    limit = torch._dynamo.config.recompile_limit
+    monkeypatch.setattr(lean, "_COMPILED_KEYS", {("other shape", i) for i in range(limit)})
+    monkeypatch.setattr(lean, "_compiled_padded_logits", lambda: pytest.fail("the compiled forward was called"))
+    p_ids, p_mask, c_ids, c_mask = grouped_batch()
+    decoder = lean.LeanDecoder(model)
+    assert decoder.bucketed_logits(p_ids[::4], p_mask[::4], c_ids, torch.arange(3).repeat_interleave(4)) is None
+    got = decoder.completion_logits(p_ids, p_mask, c_ids, c_mask)
+    lean.compile_training(model, False)
+    want = lean.LeanDecoder(model).completion_logits(p_ids, p_mask, c_ids, c_mask)
+    assert torch.equal(got, want)

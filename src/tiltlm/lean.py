@@ -11,6 +11,10 @@ Hugging Face model's own parameters -- the same math as ``model(...)``, with les
 * **a static KV cache** for sampling, with no per-step mask building or cache bookkeeping in Python;
 * optionally **a compiled decode step** (``compile_decoding(model)``, ``runtime.compile_sampling``): the cache keeps
   static shapes so ``torch.compile`` (inductor's C++ kernels) builds the per-token layer stack once;
+* optionally **a compiled scoring forward** (``compile_training(model)``, ``runtime.compile_training``): the
+  training forward + backward and the reference/teacher log-probs run a *padded* layout (``padded_logits``: every
+  column computed, widths and row counts rounded up to buckets) whose static shapes let ``torch.compile`` build
+  one fused graph per bucket -- more FLOPs than packing, far fewer ops;
 * optionally **bf16 matmuls** (``enable(model, matmul_dtype=torch.bfloat16)``, ``runtime.matmul_dtype``): the
   decoder layers' projections take bf16 inputs and weights (CPUs with AVX512-BF16/AMX, GPUs), everything else -- the
   residual stream, norms, RoPE, attention, the LM head, softmax, the parameters and their gradients -- stays in the
@@ -123,6 +127,9 @@ def compile_training(model, on: bool = True) -> bool:
 
 def training_compiled(model) -> bool:
     return enabled(model) and bool(getattr(model, TRAIN_COMPILE_ATTR, False))
+
+
+_COMPILED_KEYS: set[tuple] = set()  # (model, grad mode, matmul dtype, bucketed shapes) sent to the compiled forward
 
 
 @functools.cache
@@ -291,7 +298,9 @@ class LeanDecoder:
         prompts, inv = torch.unique_consecutive(torch.cat([prompt_ids, prompt_mask], 1), dim=0, return_inverse=True)
         p_ids, p_mask = prompts.split(prompt_ids.shape[1], dim=1)
         if training_compiled(self.model):
-            return self.bucketed_logits(p_ids, p_mask, completion_ids, inv)
+            logits = self.bucketed_logits(p_ids, p_mask, completion_ids, inv)
+            if logits is not None:
+                return logits
         B, C = completion_ids.shape
         dev = completion_ids.device
         G, P = p_ids.shape
@@ -347,16 +356,22 @@ class LeanDecoder:
 
     # -- training / scoring, compiled: padded static shapes ---------------------------------------------------
     def bucketed_logits(self, p_ids: torch.Tensor, p_mask: torch.Tensor, completion_ids: torch.Tensor,
-                        inv: torch.Tensor) -> torch.Tensor:
+                        inv: torch.Tensor) -> torch.Tensor | None:
         """``completion_logits`` through the compiled ``padded_logits``: prompt and completion widths, distinct
         prompts and rows are rounded up to multiples of PROMPT_COLUMNS / COMPLETION_COLUMNS / PAD_PROMPTS / PAD_ROWS
-        so a run meets few shapes (each one compiles once). Extra prompt columns are left padding (masked), extra completion columns
-        right padding (causally after every real token), extra prompts and rows copies of the first (read by
-        nothing that is returned), so the real positions' logits are those of the packed path up to rounding."""
+        so a run meets few shapes (each one compiles once). Extra prompt columns are left padding (masked), extra
+        completion columns right padding (causally after every real token), extra prompts and rows copies of the
+        first (read by nothing that is returned), so the real positions' logits are those of the packed path up to
+        rounding. None once torch.compile's recompile limit is spent on other shapes (dynamo would then run the
+        padded forward uncompiled, slower than the packed one the caller falls back to)."""
         (G, P), (B, C) = p_ids.shape, completion_ids.shape
-        pad_p, pad_c = -P % PROMPT_COLUMNS, -C % COMPLETION_COLUMNS
+        pad_p, pad_c, extra_g, extra_b = -P % PROMPT_COLUMNS, -C % COMPLETION_COLUMNS, -G % PAD_PROMPTS, -B % PAD_ROWS
+        key = (id(self.model), torch.is_grad_enabled(), self.mm_dtype, G + extra_g, P + pad_p, B + extra_b, C + pad_c)
+        if key not in _COMPILED_KEYS:
+            if len(_COMPILED_KEYS) >= torch._dynamo.config.recompile_limit:
+                return None
+            _COMPILED_KEYS.add(key)
         p_ids, p_mask = F.pad(p_ids, (pad_p, 0)), F.pad(p_mask, (pad_p, 0))
-        extra_g, extra_b = -G % PAD_PROMPTS, -B % PAD_ROWS
         p_ids, p_mask = (torch.cat([t, t[:1].expand(extra_g, -1)]) for t in (p_ids, p_mask))
         c_ids = F.pad(completion_ids, (0, pad_c))
         c_ids, inv = torch.cat([c_ids, c_ids[:1].expand(extra_b, -1)]), torch.cat([inv, inv[:1].expand(extra_b)])
