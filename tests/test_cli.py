@@ -191,8 +191,10 @@ def test_compiled_sampling_and_training_train_and_need_the_lean_forward(tmp_path
     scoring forward); without the lean forward each is a one-line error naming the cause, and no run directory is
     left."""
     runs = tmp_path / "runs"
+    # a hot sampler makes completions run to max_new_tokens: dense enough for the compiled (padded) forward to be used
     proc = tiltlm("train", f"log.run_dir={runs}", *SMALL, "eval.kl_to_base=false", "objective.beta=0.04",
-                  "train.skip_zero_gradient_rows=false", "runtime.compile_sampling=true", "runtime.compile_training=true")
+                  "rollout.temperature=4.0", "train.skip_zero_gradient_rows=false", "runtime.compile_sampling=true",
+                  "runtime.compile_training=true")
     assert proc.returncode == 0, proc.stderr
     assert len(list(runs.glob("*/final/model.safetensors"))) == 1
     for key in ("compile_sampling", "compile_training"):

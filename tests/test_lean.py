@@ -290,6 +290,7 @@ def test_compiled_training_forward_gives_the_transformers_logits_and_gradients(m
 
     model = tiny("qwen2_bias")  # q/k/v biases and grouped key/value heads
     assert lean.enable(model) and lean.compile_training(model) and lean.training_compiled(model)
+    monkeypatch.setattr(lean, "MAX_PADDED_RATIO", float("inf"))  # this tiny batch is mostly padding once bucketed
     p_ids, p_mask, c_ids, c_mask = grouped_batch()  # 3 prompts x 4, P = 6, C = 5: none a multiple of its bucket
     real = c_mask.bool()
     weights = torch.randn(*c_ids.shape, 40, generator=torch.Generator().manual_seed(2))
@@ -336,19 +337,24 @@ def test_compiled_training_forward_gives_the_transformers_logits_and_gradients(m
     assert counters["stats"]["unique_graphs"] == compiled
 
 
-def test_compiled_training_falls_back_to_the_packed_forward_once_the_recompile_limit_is_spent(monkeypatch):
-    """Once torch.compile's recompile limit is spent on other shapes, a new shape goes to the packed forward (dynamo
-    would run the padded one uncompiled, which is slower) -- same logits, nothing compiled."""
+def test_compiled_training_falls_back_to_the_packed_forward_when_ragged_or_out_of_compiles(monkeypatch):
+    """A batch the padded layout would blow up by more than MAX_PADDED_RATIO, or a new shape once torch.compile's
+    recompile limit is spent on others (dynamo would run the padded forward uncompiled, which is slower), goes to
+    the packed forward: the same logits, nothing compiled."""
     import torch._dynamo
 
     model = tiny("llama_gqa")
     assert lean.enable(model) and lean.compile_training(model)
-    limit = torch._dynamo.config.recompile_limit
-    monkeypatch.setattr(lean, "_COMPILED_KEYS", {("other shape", i) for i in range(limit)})
     monkeypatch.setattr(lean, "_compiled_padded_logits", lambda: pytest.fail("the compiled forward was called"))
     p_ids, p_mask, c_ids, c_mask = grouped_batch()
+    inv = torch.arange(3).repeat_interleave(4)
     decoder = lean.LeanDecoder(model)
-    assert decoder.bucketed_logits(p_ids[::4], p_mask[::4], c_ids, torch.arange(3).repeat_interleave(4)) is None
+    # 15 prompt + 43 completion tokens; bucketed: 4 x 16 + 16 x 8 = 192 > 1.5 x 58
+    assert decoder.bucketed_logits(p_ids[::4], p_mask[::4], c_ids, c_mask, inv) is None
+    monkeypatch.setattr(lean, "MAX_PADDED_RATIO", float("inf"))
+    limit = torch._dynamo.config.recompile_limit
+    monkeypatch.setattr(lean, "_COMPILED_KEYS", {("other shape", i) for i in range(limit)})
+    assert decoder.bucketed_logits(p_ids[::4], p_mask[::4], c_ids, c_mask, inv) is None
     got = decoder.completion_logits(p_ids, p_mask, c_ids, c_mask)
     lean.compile_training(model, False)
     want = lean.LeanDecoder(model).completion_logits(p_ids, p_mask, c_ids, c_mask)

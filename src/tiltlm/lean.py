@@ -42,6 +42,7 @@ TRAIN_COMPILE_ATTR = "tiltlm_compile_training"  # set by compile_training: score
 # compiled scoring rounds prompt widths, completion widths, distinct prompts and rows up to multiples of these. Prompt
 # widths are coarse: prompts are few, and a batch's longest prompt moves often (a new shape = a new compile)
 PROMPT_COLUMNS, COMPLETION_COLUMNS, PAD_PROMPTS, PAD_ROWS = 16, 8, 4, 16
+MAX_PADDED_RATIO = 1.5  # compiled scoring only where padding adds at most 50% tokens; raggeder batches run packed
 
 
 def supported(model) -> str | None:
@@ -298,7 +299,7 @@ class LeanDecoder:
         prompts, inv = torch.unique_consecutive(torch.cat([prompt_ids, prompt_mask], 1), dim=0, return_inverse=True)
         p_ids, p_mask = prompts.split(prompt_ids.shape[1], dim=1)
         if training_compiled(self.model):
-            logits = self.bucketed_logits(p_ids, p_mask, completion_ids, inv)
+            logits = self.bucketed_logits(p_ids, p_mask, completion_ids, completion_mask, inv)
             if logits is not None:
                 return logits
         B, C = completion_ids.shape
@@ -356,16 +357,20 @@ class LeanDecoder:
 
     # -- training / scoring, compiled: padded static shapes ---------------------------------------------------
     def bucketed_logits(self, p_ids: torch.Tensor, p_mask: torch.Tensor, completion_ids: torch.Tensor,
-                        inv: torch.Tensor) -> torch.Tensor | None:
+                        completion_mask: torch.Tensor, inv: torch.Tensor) -> torch.Tensor | None:
         """``completion_logits`` through the compiled ``padded_logits``: prompt and completion widths, distinct
         prompts and rows are rounded up to multiples of PROMPT_COLUMNS / COMPLETION_COLUMNS / PAD_PROMPTS / PAD_ROWS
         so a run meets few shapes (each one compiles once). Extra prompt columns are left padding (masked), extra
         completion columns right padding (causally after every real token), extra prompts and rows copies of the
         first (read by nothing that is returned), so the real positions' logits are those of the packed path up to
-        rounding. None once torch.compile's recompile limit is spent on other shapes (dynamo would then run the
-        padded forward uncompiled, slower than the packed one the caller falls back to)."""
+        rounding. None -- the caller then runs the packed forward -- when the padded layout would compute more than
+        MAX_PADDED_RATIO times the real tokens (ragged batches: short answers, varied prompts), or once
+        torch.compile's recompile limit is spent on other shapes (dynamo would run the padded forward uncompiled)."""
         (G, P), (B, C) = p_ids.shape, completion_ids.shape
         pad_p, pad_c, extra_g, extra_b = -P % PROMPT_COLUMNS, -C % COMPLETION_COLUMNS, -G % PAD_PROMPTS, -B % PAD_ROWS
+        padded = (G + extra_g) * (P + pad_p) + (B + extra_b) * (C + pad_c)
+        if padded > MAX_PADDED_RATIO * (int(p_mask.sum()) + int(completion_mask.sum())):
+            return None
         key = (id(self.model), torch.is_grad_enabled(), self.mm_dtype, G + extra_g, P + pad_p, B + extra_b, C + pad_c)
         if key not in _COMPILED_KEYS:
             if len(_COMPILED_KEYS) >= torch._dynamo.config.recompile_limit:
