@@ -188,8 +188,8 @@ class RuntimeConfig:
                                       "compile (5-7 s here), then decoding a small model runs faster (docs/performance.md)")
     compile_training: bool = f(False, "torch.compile the lean forward that scores completions (training forward + "
                                       "backward, reference/teacher log-probs) in a padded static-shape layout; needs "
-                                      "a C++ compiler; each new batch shape pays a compile (~20 s here), so it pays "
-                                      "off when shapes are steady (docs/performance.md)")
+                                      "a C++ compiler; each new batch shape pays a compile (~20 s here); batches the "
+                                      "padding would grow by more than 1.5x run packed (docs/performance.md)")
     keep_freed_memory: bool = f(True, "tune glibc malloc so freed tensors keep their pages (no page fault per 4 KiB "
                                       "on every new activation; cpu.py); memory stays near its peak between steps")
 
