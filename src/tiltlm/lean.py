@@ -225,7 +225,7 @@ class LeanDecoder:
         dtype = self.mm_dtype or a.q_proj.weight.dtype
 
         def t(*ws: torch.Tensor) -> torch.Tensor:
-            return torch.cat(ws).t().to(dtype).contiguous()
+            return torch.cat([w.t().to(dtype) for w in ws], dim=1)  # one strided copy into [in, out]
 
         b_qkv = None if a.q_proj.bias is None else torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]).to(dtype)
         return (t(a.q_proj.weight, a.k_proj.weight, a.v_proj.weight), b_qkv, t(m.gate_proj.weight, m.up_proj.weight),
