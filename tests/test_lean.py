@@ -167,10 +167,16 @@ def test_enable_off_unmarks_a_supported_model():
 
 
 @pytest.mark.parametrize("kind", ["llama_gqa", "qwen2_bias"])
-def test_bf16_matmuls_stay_within_bf16_error_of_float32(kind):
+@pytest.mark.parametrize("layout", ["packed", "padded"])
+def test_bf16_matmuls_stay_within_bf16_error_of_float32(kind, layout, monkeypatch):
     """runtime.matmul_dtype=bfloat16: the projections run in bf16 (so results do differ from float32), the
-    parameters and their gradients stay float32, and logits / gradients stay within bf16 rounding of float32."""
+    parameters and their gradients stay float32, and logits / gradients stay within bf16 rounding of float32 -- on
+    the packed forward and on compile_training's padded one (its math run uncompiled here)."""
     model = tiny(kind)
+    monkeypatch.setattr(lean, "_COMPILED_KEYS", set())  # other tests' shapes must not spend the budget
+    if layout == "padded":
+        monkeypatch.setattr(lean, "_compiled_padded_logits", lambda: lean.LeanDecoder.padded_logits)
+        monkeypatch.setattr(lean, "MAX_PADDED_RATIO", float("inf"))
     p_ids, p_mask, c_ids, c_mask = grouped_batch()
     real = c_mask.bool()
     weights = torch.randn(*c_ids.shape, 40, generator=torch.Generator().manual_seed(2))
@@ -182,9 +188,11 @@ def test_bf16_matmuls_stay_within_bf16_error_of_float32(kind):
         return logits.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])
 
     assert lean.enable(model)
-    ref, ref_grad = logits_and_grads()
-    assert lean.enable(model, matmul_dtype=torch.bfloat16)
+    assert lean.compile_training(model, layout == "padded") == (layout == "padded")
+    ref, ref_grad = logits_and_grads()  # float32 on the same layout
+    assert lean.enable(model, matmul_dtype=torch.bfloat16) and lean.training_compiled(model) == (layout == "padded")
     got, got_grad = logits_and_grads()
+    assert (layout == "padded") == bool(lean._COMPILED_KEYS)  # the padded forward did run (its shapes were keyed)
     assert got.dtype == torch.float32 and all(p.grad.dtype == torch.float32 for p in model.parameters())
     err = (got - ref)[real].abs().max()
     assert 1e-6 < err < 0.02 * ref[real].abs().max()  # engaged (not float32), but only bf16 rounding away
@@ -291,6 +299,7 @@ def test_compiled_training_forward_gives_the_transformers_logits_and_gradients(m
     model = tiny("qwen2_bias")  # q/k/v biases and grouped key/value heads
     assert lean.enable(model) and lean.compile_training(model) and lean.training_compiled(model)
     monkeypatch.setattr(lean, "MAX_PADDED_RATIO", float("inf"))  # this tiny batch is mostly padding once bucketed
+    monkeypatch.setattr(lean, "_COMPILED_KEYS", set())  # other tests' shapes must not spend the compile budget
     p_ids, p_mask, c_ids, c_mask = grouped_batch()  # 3 prompts x 4, P = 6, C = 5: none a multiple of its bucket
     real = c_mask.bool()
     weights = torch.randn(*c_ids.shape, 40, generator=torch.Generator().manual_seed(2))
