@@ -117,12 +117,12 @@ def main() -> int:
         for variant, setting in variants.items():
             configure(model, *setting)
             # the compiled variants' FLOPs are counted on the same padded forward run eagerly (the counter is a
-            # dispatch mode, which compiled graphs do not go through); their first call here also compiles
+            # dispatch mode, which compiled graphs do not go through)
             eager = mock.patch.object(lean, "_compiled_padded_logits", lambda: lean.LeanDecoder.padded_logits)
             with eager, FlopCounterMode(display=False) as counter:
                 forward_backward(model, batch)
             flops[variant] = counter.get_total_flops()
-            forward_backward(model, batch)
+            forward_backward(model, batch)  # untimed warm-up: the compiled variants compile here
         for _ in range(ns.repeats):  # alternate so that drifting machine speed hits all alike
             for variant, setting in variants.items():
                 configure(model, *setting)

@@ -17,7 +17,8 @@ tiltlm's mixed precision (``runtime.matmul_dtype=bfloat16``, docs/performance.md
 reference script has no precision option). ``float32+compile`` adds ``runtime.compile_sampling=true`` (the compiled
 decode step), ``+train`` adds ``runtime.compile_training=true`` (the compiled, padded scoring forward and backward);
 their compiles fall in the warm-up steps, which are not timed (a batch shape first met later compiles in a timed
-step: the median is robust to it, and the JSON keeps every step time).
+step: the median is robust to it, tokens/s (total tokens / total time) is not, and the JSON keeps every timed
+step's seconds per run, ``step_s_by_run``).
 
 Workloads: (a) 8 prompts x 8 samples, <= 16 new tokens, a ~1.1M-parameter Llama (hidden 128, 4 layers), random
 weights, beta 0.04 and 0; (b) the same with a ~9.5M-parameter Llama (hidden 256, 9 layers); (c) the embedded base on
@@ -145,7 +146,7 @@ def summarise(runs: list[dict]) -> dict:
     tokens = [t for r in runs for t in r["tokens"]]
     return {"median_step_s": statistics.median(steps), "tokens_per_s": sum(tokens) / sum(steps),
             "peak_rss_mb": max(r["peak_rss_mb"] for r in runs), "mean_reward": statistics.fmean(r["reward"] for r in runs),
-            "steps_timed": len(steps)}
+            "steps_timed": len(steps), "step_s_by_run": [r["step_s"] for r in runs]}
 
 
 def main() -> int:
@@ -160,8 +161,7 @@ def main() -> int:
                     help="prompts of workloads (a)/(b): the embedded task's, or the reference script's own")
     ap.add_argument("--tiltlm-matmul", nargs="+", default=["float32"], choices=VARIANTS,
                     help="tiltlm's runtime.matmul_dtype, '+compile' adding runtime.compile_sampling=true, '+train' "
-                         "runtime.compile_training=true; several run "
-                         "side by side, each against the same TRL runs")
+                         "runtime.compile_training=true; several run side by side, each against the same TRL runs")
     ap.add_argument("--out", default="docs/vs_trl.json")
     ns = ap.parse_args()
     if not Path(ns.trl_python).exists() or not TRL_SCRIPT.exists():
