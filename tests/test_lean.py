@@ -36,7 +36,7 @@ def tiny(kind: str):
 def grouped_batch(groups=3, n=4, P=6, C=5, seed=1):
     """Rows grouped by prompt (n each), prompts left-padded to different lengths, completions of lengths 1..C."""
     g = torch.Generator().manual_seed(seed)
-    p_len = torch.tensor([P, P - 2, P - 1][:groups])
+    p_len = torch.tensor([P, P - 2, P - 1, P - 3][:groups])
     p_mask = (torch.arange(P) >= (P - p_len)[:, None]).long()
     p_ids = torch.randint(3, 40, (groups, P), generator=g) * p_mask
     lens = torch.randint(1, C + 1, (groups * n,), generator=g)
@@ -300,21 +300,31 @@ def test_compiled_training_forward_gives_the_transformers_logits_and_gradients(m
     assert lean.enable(model) and lean.compile_training(model) and lean.training_compiled(model)
     monkeypatch.setattr(lean, "MAX_PADDED_RATIO", float("inf"))  # this tiny batch is mostly padding once bucketed
     monkeypatch.setattr(lean, "_COMPILED_KEYS", set())  # other tests' shapes must not spend the compile budget
-    p_ids, p_mask, c_ids, c_mask = grouped_batch()  # 3 prompts x 4, P = 6, C = 5: none a multiple of its bucket
+    batches = {"padded": grouped_batch(),  # 3 prompts x 4, P = 6, C = 5: none a multiple of its bucket
+               "grouped": grouped_batch(groups=4)}  # 4 x 4: no padding rows, prompts shared by expanding
+    p_ids, p_mask, c_ids, c_mask = batches["padded"]
     real = c_mask.bool()
-    weights = torch.randn(*c_ids.shape, 40, generator=torch.Generator().manual_seed(2))
+    weights = torch.randn(16, c_ids.shape[1], 40, generator=torch.Generator().manual_seed(2))
+    shared = []  # calls of the shared-prefix attention (the grouped layout's path)
+    monkeypatch.setattr(lean.LeanDecoder, "attend_shared_prompts",
+                        lambda *a, _f=lean.LeanDecoder.attend_shared_prompts: shared.append(1) or _f(*a))
 
     def logits_and_grads(fn, rows):
         model.zero_grad()
         logits = fn()
-        (logits * weights[rows])[real[rows]].sum().backward()
+        (logits * weights[: len(c_ids)][rows])[real[rows]].sum().backward()
         return logits.detach(), [p.grad.clone() for p in model.parameters()]
 
     def transformers(rows):
         ids, mask = torch.cat([p_ids, c_ids], 1)[rows], torch.cat([p_mask, c_mask], 1)[rows]
         return completion_logits(model, ids, mask, c_ids.shape[1])
 
-    def check(rows=slice(None)):
+    def check(rows=slice(None), batch="padded"):
+        nonlocal p_ids, p_mask, c_ids, c_mask, real
+        p_ids, p_mask, c_ids, c_mask = batches[batch]
+        real = c_mask.bool()
+        calls = len(shared)
+
         def lean_logits():
             return lean.LeanDecoder(model).completion_logits(p_ids[rows], p_mask[rows], c_ids[rows], c_mask[rows])
 
@@ -325,12 +335,15 @@ def test_compiled_training_forward_gives_the_transformers_logits_and_gradients(m
             assert (a - b).abs().max() <= 1e-5 * max(1.0, a.abs().max().item())
         with torch.no_grad():
             assert (lean_logits() - transformers(rows))[real[rows]].abs().max() < 1e-5
+        assert (len(shared) > calls) == (batch == "grouped")
 
     with monkeypatch.context() as eager:  # the padded layout's math, uncompiled: cheap to check more cases
         eager.setattr(lean, "_compiled_padded_logits", lambda: lean.LeanDecoder.padded_logits)
         check()
         check(torch.tensor([0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11]))  # no two consecutive rows share a prompt
-    check()  # compiled (one graph: 4 prompts x 16 rows, P 16, C 8)
+        check(batch="grouped")
+    check(batch="grouped")  # compiled: 4 prompts x 16 rows, P 16, C 8, shared-prefix attention
+    check()  # compiled: the same buckets, keys/values copied per row through a one-hot matmul
     with torch.no_grad():
         model.model.layers[0].mlp.down_proj.weight.mul_(3.0)
         model.model.norm.weight.add_(0.5)
