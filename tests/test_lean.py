@@ -244,9 +244,10 @@ def test_lazy_cache_compaction_gives_the_eager_logits():
 
 
 def test_compiled_decoding_gives_the_eager_logits_and_samples():
-    """The compiled decode step (static cache shapes, masked future columns, no compaction) computes the eager
-    step's logits, including after a parameter update (the compiled graph must read the parameters, not a frozen copy),
-    and the sampler then draws the same tokens from the same random stream."""
+    """The compiled prefill (prompts left-padded to a width bucket) and decode step (static cache shapes, masked
+    future columns, no compaction) compute the eager logits, including after a parameter update (the compiled graphs
+    must read the parameters, not a frozen copy), and the sampler then draws the same tokens from the same random
+    stream."""
     from tiltlm.rollout.hf import LeanState
 
     model = tiny("qwen2")  # q/k/v biases and grouped key/value heads
@@ -257,7 +258,9 @@ def test_compiled_decoding_gives_the_eager_logits_and_samples():
     assert lean.compile_decoding(model) and lean.decoding_compiled(model)
     static = LeanState(model, ids, mask, 3, 5)
     assert static.cache.static and static.cache.keys[0].shape[1] % lean.STATIC_COLUMNS == 0
+    assert static.cache.length == lean.STATIC_COLUMNS  # the compiled prefill left-pads prompts to its bucket
     assert not eager.cache.static and eager.cache.keys[0].shape[1] == 4 + 5
+    assert (static.logits - eager.logits).abs().max() < 1e-5  # the prefill's last logits
     pos = mask.sum(1).repeat_interleave(3)
     tok = torch.tensor([5, 6, 7, 8, 9, 10])
     for t in range(3):

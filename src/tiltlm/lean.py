@@ -96,8 +96,9 @@ def compile_decoding(model, on: bool = True) -> bool:
     FLOPs; inductor fuses the elementwise work of the layer stack into a few C++ loops. Shapes stay static so it
     compiles once per batch shape: the cache is allocated STATIC_COLUMNS-rounded and zero-filled, every step attends
     over all of its columns with the not-yet-written ones masked, and finished rows stay in the cache (no
-    compaction). The first batch of each shape pays the compile (5-7 s cold for a 4-layer model here, ~2.4 s from
-    inductor's on-disk cache); see docs/performance.md."""
+    compaction). The prefill is compiled too, its prompt widths rounded up to STATIC_COLUMNS with more (masked)
+    left padding. The first batch of each shape pays the compiles (5-7 s cold for a 4-layer model on the AMX Xeon,
+    about 40 s cold and 5 s warm from inductor's on-disk cache on a 2-core EPYC); see docs/performance.md."""
     ok = bool(on) and enabled(model)
     object.__setattr__(model, COMPILE_ATTR, ok)
     return ok
@@ -131,6 +132,12 @@ def training_compiled(model) -> bool:
 
 
 _COMPILED_KEYS: set[tuple] = set()  # (model, grad mode, matmul dtype, bucketed shapes) sent to the compiled forward
+
+
+@functools.cache
+def _compiled_prefill_stack():
+    # (a) 2.4x faster prefill (-3.3 ms per batch on a 2-core EPYC); the compile costs ~16 s cold, ~0.9 s warm
+    return torch.compile(LeanDecoder.prefill_stack, dynamic=False)
 
 
 @functools.cache
@@ -469,21 +476,39 @@ class LeanDecoder:
     def prefill(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, n: int, max_new: int):
         """Run the left-padded prompts once; returns (last logits [G, V], cache) with the cache repeated n times
         per prompt and room for ``max_new`` more tokens."""
-        G, P = prompt_ids.shape
         static = decoding_compiled(self.model)
+        if static:  # compiled: prompt widths rounded up (more left padding, masked) so few shapes get compiled
+            pad = -prompt_ids.shape[1] % STATIC_COLUMNS
+            prompt_ids, prompt_mask = F.pad(prompt_ids, (pad, 0)), F.pad(prompt_mask, (pad, 0))
+        G, P = prompt_ids.shape
         T = P + max_new
         if static:
             T += -T % STATIC_COLUMNS
+        stack = _compiled_prefill_stack() if static else LeanDecoder.prefill_stack
+        last, keys, values, fused = stack(self, prompt_ids, prompt_mask, n, T, static)
+        # tables for the decode steps: rotary cos/sin of every position, additive key bias (-inf on prompt padding)
+        x = self.inner.embed_tokens.weight  # (the rotary module reads only its dtype and device)
+        rope = self.rope(x, torch.arange(T, device=x.device))
+        key_ok = torch.cat([prompt_mask.bool(), prompt_mask.new_ones(G, T - P, dtype=torch.bool)], 1)
+        bias = torch.zeros(G, T, dtype=x.dtype, device=x.device).masked_fill_(~key_ok, float("-inf"))
+        bias = bias.repeat_interleave(n * self.KV, 0).unsqueeze(1)  # [G * n * KV, 1, T]
+        return last, LeanCache(keys, values, bias, P, fused, self.KV, rope, static)
+
+    def prefill_stack(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, n: int, T: int, static: bool):
+        """``prefill``'s layer stack: (last logits [G, V], keys, values, fused weights), the cache T columns wide;
+        ``static``: compiled (the attention written out, which inductor fuses) and the cache zero-filled."""
+        G, P = prompt_ids.shape
         fused = [self.fused(layer) for layer in self.inner.layers]
         pos = (prompt_mask.cumsum(1) - 1).clamp(min=0)
         x = self.inner.embed_tokens(prompt_ids).flatten(0, 1)
         cos, sin = self.rope(x, pos.flatten())
         mask = _prompt_attention_mask(prompt_mask)
+        attend = self.attend_written_out if static else self.attend
         keys, values = [], []
         for layer, fw in zip(self.inner.layers, fused):
             q, k, v = self.qkv(layer, fw, x, cos, sin)
             q, k, v = (t.view(G, P, t.shape[1], self.D).transpose(1, 2) for t in (q, k, v))
-            out = self.attend(layer, q, k, v, mask).transpose(1, 2).reshape(G * P, -1)
+            out = attend(layer, q, k, v, mask).transpose(1, 2).reshape(G * P, -1)
             x = self.finish_layer(layer, fw, x, out)
             for store, t in ((keys, k), (values, v)):  # [G, KV, P, D] -> [G * n * KV, P + max_new, D], one copy
                 # columns past the prompt are written before they are read; the static step reads every column
@@ -491,13 +516,7 @@ class LeanDecoder:
                 full = (t.new_zeros if static else t.new_empty)(G, n, self.KV, T, self.D)
                 full[:, :, :, :P] = t.unsqueeze(1)
                 store.append(full.view(G * n * self.KV, T, self.D))
-        last = self.logits(x.view(G, P, -1)[:, -1])
-        # tables for the decode steps: rotary cos/sin of every position, additive key bias (-inf on prompt padding)
-        rope = self.rope(x, torch.arange(T, device=x.device))
-        key_ok = torch.cat([prompt_mask.bool(), prompt_mask.new_ones(G, T - P, dtype=torch.bool)], 1)
-        bias = torch.zeros(G, T, dtype=x.dtype, device=x.device).masked_fill_(~key_ok, float("-inf"))
-        bias = bias.repeat_interleave(n * self.KV, 0).unsqueeze(1)  # [G * n * KV, 1, T]
-        return last, LeanCache(keys, values, bias, P, fused, self.KV, rope, static)
+        return self.logits(x.view(G, P, -1)[:, -1]), keys, values, fused
 
     @torch.no_grad()
     def decode(self, cache: LeanCache, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
