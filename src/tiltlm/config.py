@@ -183,9 +183,10 @@ class RuntimeConfig:
                                      "| bfloat16 (mixed precision: bf16 matmul inputs, everything else and the "
                                      "parameters in model.dtype; fast on CPUs with AVX512-BF16/AMX, refused on CPUs "
                                      "without them, where PyTorch emulates bf16; see docs/performance.md)")
-    compile_sampling: bool = f(False, "torch.compile the lean forward's decode step (inductor C++ kernels, static "
-                                      "cache shapes; needs a C++ compiler): the first batch of each shape pays the "
-                                      "compile (5-7 s here), then decoding a small model runs faster (docs/performance.md)")
+    compile_sampling: bool = f(False, "torch.compile the lean forward's prefill and decode step (inductor C++ "
+                                      "kernels, static cache shapes, prompt widths bucketed; needs a C++ compiler): "
+                                      "the first batch of each shape pays the compile (5-40 s cold, a few s warm), "
+                                      "then sampling a small model runs faster (docs/performance.md)")
     compile_training: bool = f(False, "torch.compile the lean forward that scores completions (training forward + "
                                       "backward, reference/teacher log-probs) in a padded static-shape layout; needs "
                                       "a C++ compiler; each new batch shape pays a compile (~20 s here); batches the "
