@@ -304,7 +304,7 @@ def test_compiled_training_forward_gives_the_transformers_logits_and_gradients(m
     monkeypatch.setattr(lean, "MAX_PADDED_RATIO", float("inf"))  # this tiny batch is mostly padding once bucketed
     monkeypatch.setattr(lean, "_COMPILED_KEYS", set())  # other tests' shapes must not spend the compile budget
     batches = {"padded": grouped_batch(),  # 3 prompts x 4, P = 6, C = 5: none a multiple of its bucket
-               "grouped": grouped_batch(groups=4)}  # 4 x 4: no padding rows, prompts shared by expanding
+               "grouped": grouped_batch(groups=4)}  # 4 x 4: no padding rows, shared-prefix attention
     p_ids, p_mask, c_ids, c_mask = batches["padded"]
     real = c_mask.bool()
     weights = torch.randn(16, c_ids.shape[1], 40, generator=torch.Generator().manual_seed(2))

@@ -489,10 +489,10 @@ class LeanDecoder:
         stack = _compiled_prefill_stack() if static else LeanDecoder.prefill_stack
         last, keys, values, fused = stack(self, prompt_ids, prompt_mask, n, T, static)
         # tables for the decode steps: rotary cos/sin of every position, additive key bias (-inf on prompt padding)
-        x = self.inner.embed_tokens.weight  # (the rotary module reads only its dtype and device)
-        rope = self.rope(x, torch.arange(T, device=x.device))
+        like = self.inner.embed_tokens.weight  # dtype and device of the hidden states (all the rotary module reads)
+        rope = self.rope(like, torch.arange(T, device=like.device))
         key_ok = torch.cat([prompt_mask.bool(), prompt_mask.new_ones(G, T - P, dtype=torch.bool)], 1)
-        bias = torch.zeros(G, T, dtype=x.dtype, device=x.device).masked_fill_(~key_ok, float("-inf"))
+        bias = torch.zeros(G, T, dtype=like.dtype, device=like.device).masked_fill_(~key_ok, float("-inf"))
         bias = bias.repeat_interleave(n * self.KV, 0).unsqueeze(1)  # [G * n * KV, 1, T]
         return last, LeanCache(keys, values, bias, P, fused, self.KV, rope, static)
 
