@@ -109,16 +109,16 @@ def test_loss_and_gradient_invariant_to_micro_batching_and_padding(tiny_model, t
 
 
 def test_inverse_cdf_sampling_draws_the_row_distribution():
-    """sample_inverse_cdf: frequencies match each row's (unnormalised) probabilities within 5 standard errors over
+    """sampling.inverse_cdf: frequencies match each row's (unnormalised) probabilities within 5 standard errors over
     40k seeded draws, and zero-probability tokens (first, middle, last) are never drawn."""
-    from tiltlm.rollout.hf import sample_inverse_cdf
+    from tiltlm.sampling import inverse_cdf
 
     probs = torch.tensor([[0.0, 0.1, 0.0, 0.6, 0.3, 0.0],
                           [0.5, 0.0, 0.25, 0.0, 0.0, 0.25],
                           [0.0, 0.0, 0.0, 0.0, 0.0, 2.0]])  # unnormalised: only the last token has mass
     n = 40_000
     g = torch.Generator().manual_seed(0)
-    draws = torch.stack([sample_inverse_cdf(probs, g) for _ in range(n)])  # [n, 3]
+    draws = torch.stack([inverse_cdf(probs, torch.rand(3, generator=g, dtype=torch.float64)) for _ in range(n)])
     for row in range(3):
         p = probs[row] / probs[row].sum()
         freq = torch.bincount(draws[:, row], minlength=6).double() / n

@@ -32,6 +32,8 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from tiltlm.sampling import draw
+
 LEAN_ATTR = "tiltlm_lean"  # set on a model that passed ``supported``: the lean path is then used for it
 ROW_BUCKET = 64  # bf16 matmuls see row counts rounded up to a multiple of this (see LeanDecoder.linear)
 MATMUL_ATTR = "tiltlm_matmul_dtype"  # dtype of the layers' projections on the lean path (None: the model's own)
@@ -115,8 +117,8 @@ _WRAPPER = {"cpp_wrapper": True}
 
 
 @functools.cache
-def _compiled_decode_layers():
-    return torch.compile(LeanDecoder.decode_layers, dynamic=False, options=_WRAPPER)
+def _compiled_decode_and_draw():
+    return torch.compile(LeanDecoder.decode_and_draw_stack, dynamic=False, options=_WRAPPER)
 
 
 def compile_training(model, on: bool = True) -> bool:
@@ -143,7 +145,7 @@ _COMPILED_KEYS: set[tuple] = set()  # (model, grad mode, matmul dtype, bucketed 
 @functools.cache
 def _compiled_prefill_stack():
     # (a) 2.4x faster prefill (-3.3 ms per batch on a 2-core EPYC); the compile costs ~16 s cold, ~0.9 s warm
-    return torch.compile(LeanDecoder.prefill_stack, dynamic=False, options=_WRAPPER)
+    return torch.compile(LeanDecoder.prefill_stack, dynamic=False)
 
 
 @functools.cache
@@ -547,16 +549,32 @@ class LeanDecoder:
     @torch.no_grad()
     def decode(self, cache: LeanCache, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """One token per active row: writes its k/v at the cache's next column; returns logits [b, V]."""
+        if cache.static:  # the compiled step (its draw, from dummy uniforms, unused)
+            return self.decode_and_draw(cache, tokens, positions, 1.0, positions.new_zeros(len(positions), dtype=torch.float64))[0]
         col = cache.length
         x = self.inner.embed_tokens(tokens)
         cos, sin = cache.cos[positions], cache.sin[positions]
-        if cache.static:
-            layers = _compiled_decode_layers()
-            logits = layers(self, cache.fused, cache.keys, cache.values, x, cos, sin, cache.bias, cache.columns[col:col + 1])
-        else:
-            logits = self.decode_layers(cache.fused, cache.keys, cache.values, x, cos, sin, cache.bias[:, :, :col + 1], col)
+        logits = self.decode_layers(cache.fused, cache.keys, cache.values, x, cos, sin, cache.bias[:, :, :col + 1], col)
         cache.length += 1
         return logits
+
+    @torch.no_grad()
+    def decode_and_draw(self, cache: LeanCache, tokens: torch.Tensor, positions: torch.Tensor, temperature: float,
+                        u: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``decode`` on a static cache (every cache row), then ``sampling.draw`` of the next token from uniforms u
+        [rows], all in one compiled graph: (logits, token, log-prob, entropy, mean log-softmax). A decode step's time
+        is per-op overhead, not FLOPs, so the sampling math and the embedding lookup go inside the graph too."""
+        step = _compiled_decode_and_draw()
+        out = step(self, cache.fused, cache.keys, cache.values, tokens, positions, cache.cos, cache.sin, cache.bias,
+                   cache.columns[cache.length:cache.length + 1], temperature, u)
+        cache.length += 1
+        return out
+
+    def decode_and_draw_stack(self, fused, keys, values, tokens, positions, cos, sin, bias, col, temperature, u):
+        """``decode_and_draw``'s graph: embedding, rotary lookup, ``decode_layers``, ``sampling.draw``."""
+        x = self.inner.embed_tokens(tokens)
+        logits = self.decode_layers(fused, keys, values, x, cos[positions], sin[positions], bias, col).float()
+        return (logits, *draw(logits, temperature, u))
 
     def decode_layers(self, fused, keys, values, x, cos, sin, bias, col):
         """The layer stack of one decode step; ``col`` is the cache column to write: an int (eager: attention over

@@ -15,6 +15,7 @@ from transformers import DynamicCache
 from tiltlm import lean
 from tiltlm.batch import left_pad
 from tiltlm.logprobs import positions
+from tiltlm.sampling import draw
 
 
 @dataclass
@@ -48,69 +49,90 @@ class HFEngine:
 
         Two savings over a plain loop, neither changing the distribution: each prompt is prefilled once and its KV
         cache repeated ``n`` times, and rows that emitted EOS leave the batch (their cache rows are dropped), so
-        every decode step runs only on unfinished rows.
+        every decode step runs only on unfinished rows -- except with a compiled, static-shape cache, where each
+        step is one compiled decode-and-draw call over all rows (``static_loop``).
         """
         device = next(self.model.parameters()).device
         ids_u, mask_u = (t.to(device) for t in left_pad(prompt_ids, self.pad_id))
-        B, C = len(prompt_ids) * n, max_new_tokens
+        C = max_new_tokens
         was_training = self.model.training
         toggle = was_training and not lean.enabled(self.model)  # the lean forward has no dropout: mode is moot
         if toggle:  # (eval() / train() walk every module: ~1 ms per batch on a 4-layer model)
             self.model.eval()
         state = (LeanState if lean.enabled(self.model) else HFState)(self.model, ids_u, mask_u, n, C)
-        logits = state.logits
         ids, mask = ids_u.repeat_interleave(n, 0), mask_u.repeat_interleave(n, 0)
-        next_pos = mask.sum(-1)  # position of the next token in each row
-        tokens = torch.full((B, C), self.pad_id, dtype=torch.long, device=device)
-        logps, ents, means = (torch.zeros(B, C, device=device) for _ in range(3))
-        completion_mask = torch.zeros(B, C, dtype=torch.long, device=device)
-        finished = torch.zeros(B, dtype=torch.bool, device=device)
-        active = torch.arange(B, device=device)  # rows still generating, in batch order
-        steps = 0
-        for t in range(C):
-            steps = t + 1
-            lsm = torch.log_softmax(logits / temperature if temperature > 0 else logits, dim=-1)
-            probs = lsm.exp()
-            tok = sample_inverse_cdf(probs, generator) if temperature > 0 else lsm.argmax(-1)
-            tokens[active, t] = tok
-            logps[active, t] = lsm.gather(-1, tok.unsqueeze(-1)).squeeze(-1)
-            ents[active, t] = -(probs * lsm).sum(-1)
-            means[active, t] = lsm.mean(-1)
-            completion_mask[active, t] = 1
-            done = tok == self.eos_id
-            finished[active[done]] = True
-            if t == C - 1 or done.all():
-                break
-            if done.any():  # finished rows leave the batch and the cache
-                keep = (~done).nonzero().squeeze(-1)
-                state.select(keep)
-                active, tok, next_pos = active[keep], tok[keep], next_pos[keep]
-            logits = state.step(tok, next_pos)
-            next_pos = next_pos + 1
+        loop = static_loop if isinstance(state, LeanState) and state.cache.static else compacting_loop
+        columns, finished = loop(state, mask.sum(-1), C, temperature, generator, self.eos_id)
         if toggle:
             self.model.train()
+        tokens, logps, ents, means, alive = (torch.stack(col, dim=1) for col in columns)
         return Generation(
             prompt_ids=ids,
             prompt_mask=mask,
-            # contiguous copies of the columns used: downstream code (e.g. safetensors) may need contiguity
-            completion_ids=tokens[:, :steps].contiguous(),
-            completion_mask=completion_mask[:, :steps].contiguous(),
-            sample_logprobs=logps[:, :steps].contiguous(),
-            entropy=ents[:, :steps].contiguous(),
-            mean_logsoftmax=means[:, :steps].contiguous(),
+            completion_ids=tokens.masked_fill(~alive, self.pad_id),
+            completion_mask=alive.long(),
+            sample_logprobs=logps * alive,
+            entropy=ents * alive,
+            mean_logsoftmax=means * alive,
             finished=finished,
         )
 
 
-def sample_inverse_cdf(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One draw per row of ``probs`` [rows, V] (rows need not sum to 1): one uniform per row, located in the row's
-    cumulative sums (float64, so a 150k vocabulary adds no visible rounding). The same distribution as
-    ``torch.multinomial(probs, 1)`` -- which draws an exponential per vocabulary entry and was measured 15-19x
-    slower here -- but a different random stream. A zero-probability token is never drawn: the first index whose
-    cumulative sum exceeds u has positive mass."""
-    cdf = probs.double().cumsum(-1)
-    u = torch.rand(len(probs), 1, generator=generator, device=probs.device, dtype=torch.float64) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[-1] - 1).squeeze(-1)
+def uniforms(rows: int, temperature: float, generator: torch.Generator | None, device) -> torch.Tensor | None:
+    """One float64 uniform per row for ``sampling.draw`` (None when greedy: no randomness is consumed)."""
+    return torch.rand(rows, generator=generator, device=device, dtype=torch.float64) if temperature > 0 else None
+
+
+def compacting_loop(state, next_pos: torch.Tensor, C: int, temperature: float, generator, eos_id: int):
+    """Ancestral sampling, finished rows leaving the batch (and, lazily, the cache). Returns the per-column lists
+    (tokens, log-probs, entropies, mean log-softmax, row still generating) over all B rows, and ``finished`` [B]."""
+    B, device = len(next_pos), next_pos.device
+    columns = tuple([] for _ in range(5))
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    active = torch.arange(B, device=device)  # rows still generating, in batch order
+    logits = state.logits
+    for t in range(C):
+        drawn = draw(logits, temperature, uniforms(len(active), temperature, generator, device))
+        alive = torch.zeros(B, dtype=torch.bool, device=device).index_fill_(0, active, True)
+        for col, value in zip(columns, drawn):
+            col.append(value.new_zeros(B).index_copy_(0, active, value))
+        columns[4].append(alive)
+        tok = drawn[0]
+        done = tok == eos_id
+        finished[active[done]] = True
+        if t == C - 1 or done.all():
+            break
+        if done.any():  # finished rows leave the batch and the cache
+            keep = (~done).nonzero().squeeze(-1)
+            state.select(keep)
+            active, tok, next_pos = active[keep], tok[keep], next_pos[keep]
+        logits = state.step(tok, next_pos)
+        next_pos = next_pos + 1
+    return columns, finished
+
+
+def static_loop(state: LeanState, next_pos: torch.Tensor, C: int, temperature: float, generator, eos_id: int):
+    """``compacting_loop`` for a compiled, static-shape cache (lean.compile_decoding): every row stays in the batch,
+    finished ones decoding a dummy token whose draw is masked out, and each step is one compiled call that decodes
+    and draws (``LeanDecoder.decode_and_draw``). The uniforms are drawn for the rows still generating, in batch
+    order, exactly as ``compacting_loop`` draws them: the same random stream gives the same tokens."""
+    B, device = len(next_pos), next_pos.device
+    columns = tuple([] for _ in range(5))
+    alive = torch.ones(B, dtype=torch.bool, device=device)
+    u = uniforms(B, temperature, generator, device)
+    drawn = draw(state.logits, temperature, u)
+    for t in range(C):
+        for col, value in zip(columns, (*drawn, alive)):
+            col.append(value)
+        alive = alive & (drawn[0] != eos_id)
+        live = int(alive.sum())
+        if t == C - 1 or live == 0:
+            break
+        u = torch.zeros(B, dtype=torch.float64, device=device)
+        if temperature > 0:  # uniforms only for the rows still generating (the compacting loop's stream)
+            u.masked_scatter_(alive, uniforms(live, temperature, generator, device))
+        _, *drawn = state.decoder.decode_and_draw(state.cache, drawn[0], next_pos + t, temperature, u)
+    return columns, ~alive
 
 
 class HFState:
