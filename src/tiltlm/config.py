@@ -183,8 +183,9 @@ class RuntimeConfig:
                                      "| bfloat16 (mixed precision: bf16 matmul inputs, everything else and the "
                                      "parameters in model.dtype; fast on CPUs with AVX512-BF16/AMX, refused on CPUs "
                                      "without them, where PyTorch emulates bf16; see docs/performance.md)")
-    compile_sampling: bool = f(False, "torch.compile the lean forward's prefill and decode step (inductor C++ "
-                                      "kernels, static cache shapes, prompt widths bucketed; needs a C++ compiler): "
+    compile_sampling: bool = f(False, "torch.compile the lean forward's prefill and decode step, one compiled call "
+                                      "per token that also draws it (inductor C++ kernels, static cache shapes, "
+                                      "prompt widths bucketed; needs a C++ compiler): "
                                       "the first batch of each shape pays the compile (5-40 s cold, a few s warm), "
                                       "then sampling a small model runs faster (docs/performance.md)")
     compile_training: bool = f(False, "torch.compile the lean forward that scores completions (training forward + "
