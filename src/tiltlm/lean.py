@@ -98,7 +98,8 @@ def compile_decoding(model, on: bool = True) -> bool:
     FLOPs; inductor fuses the elementwise work of the layer stack into a few C++ loops. Shapes stay static so it
     compiles once per batch shape: the cache is allocated STATIC_COLUMNS-rounded and zero-filled, every step attends
     over all of its columns with the not-yet-written ones masked, and finished rows stay in the cache (no
-    compaction). The prefill is compiled too, its prompt widths rounded up to STATIC_COLUMNS with more (masked)
+    compaction), and each step also draws the next token inside the graph (``decode_and_draw``: one compiled call
+    per token). The prefill is compiled too, its prompt widths rounded up to STATIC_COLUMNS with more (masked)
     left padding. The first batch of each shape pays the compiles (5-7 s cold for a 4-layer model on the AMX Xeon,
     about 40 s cold and 5 s warm from inductor's on-disk cache on a 2-core EPYC); see docs/performance.md."""
     ok = bool(on) and enabled(model)
