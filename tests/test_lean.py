@@ -284,11 +284,25 @@ def test_compiled_decoding_gives_the_eager_logits_and_samples():
     assert (got - want).abs().max() < 1e-5
 
     prompts = [[1, 5, 6, 7], [1, 9], [1, 3, 4]]
-    sampled = HFEngine(model, eos_id=2, pad_id=0).generate(prompts, 4, 6, 1.0, torch.Generator().manual_seed(0))
+    # EOS: the token this random model draws most often early on, so that some rows finish mid-generation
+    probe = HFEngine(model, eos_id=-1, pad_id=0).generate(prompts, 4, 6, 1.0, torch.Generator().manual_seed(0))
+    eos = int(probe.completion_ids[:, 1:4].flatten().mode().values)
+    sampled = HFEngine(model, eos_id=eos, pad_id=0).generate(prompts, 4, 6, 1.0, torch.Generator().manual_seed(0))
     lean.compile_decoding(model, False)
-    reference = HFEngine(model, eos_id=2, pad_id=0).generate(prompts, 4, 6, 1.0, torch.Generator().manual_seed(0))
+    reference = HFEngine(model, eos_id=eos, pad_id=0).generate(prompts, 4, 6, 1.0, torch.Generator().manual_seed(0))
     assert torch.equal(sampled.completion_ids, reference.completion_ids)
     assert (sampled.sample_logprobs - reference.sample_logprobs).abs().max() < 1e-5
+    # the compiled loop keeps finished rows decoding: their masks, EOS flags and statistics must still be the eager ones
+    assert reference.finished.any() and not reference.finished.all()  # the comparison covers both kinds of row
+    assert torch.equal(sampled.completion_mask, reference.completion_mask)
+    assert torch.equal(sampled.finished, reference.finished)
+    for name in ("entropy", "mean_logsoftmax"):
+        assert (getattr(sampled, name) - getattr(reference, name)).abs().max() < 1e-5, name
+    greedy = HFEngine(model, eos_id=eos, pad_id=0).generate(prompts, 2, 6, 0.0)  # argmax inside the compiled graph
+    lean.compile_decoding(model)
+    compiled_greedy = HFEngine(model, eos_id=eos, pad_id=0).generate(prompts, 2, 6, 0.0)
+    assert torch.equal(compiled_greedy.completion_ids, greedy.completion_ids)
+    assert torch.equal(compiled_greedy.completion_mask, greedy.completion_mask)
 
 
 def test_compiled_training_forward_gives_the_transformers_logits_and_gradients(monkeypatch):
