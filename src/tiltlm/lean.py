@@ -260,12 +260,14 @@ class LeanDecoder:
         # as transformers' RMSNorm in half precision: statistics in float32, the weight applied after casting back
         return module.weight * F.rms_norm(x.float(), (x.shape[-1],), None, self.eps).to(x.dtype)
 
-    def qkv(self, layer, fused, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        """Rotated q [N, H, D], k and v [N, KV, D] of flat tokens x [N, hidden]."""
+    def qkv(self, layer, fused, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None):
+        """Rotated q [N, H, D], k and v [N, KV, D] of flat tokens x [N, hidden] (cos None: not rotated yet)."""
         h, a = self.norm(x, layer.input_layernorm), layer.self_attn
         if fused is None:
             q, k, v = self.linears(h, [(proj.weight, proj.bias) for proj in (a.q_proj, a.k_proj, a.v_proj)])
             q, k, v = q.view(-1, self.H, self.D), k.view(-1, self.KV, self.D), v.view(-1, self.KV, self.D)
+            if cos is None:
+                return q, k, v
             return _rotate(q, cos, sin), _rotate(k, cos, sin), v
         qkv = self.linear_t(h, fused[0], fused[1])
         qk, v = qkv.view(-1, self.H + 2 * self.KV, self.D).split([self.H + self.KV, self.KV], dim=1)
@@ -403,14 +405,16 @@ class LeanDecoder:
     def attention_stack(self, x: torch.Tensor, rope: tuple, n_p: int, p_mask: torch.Tensor, inv: torch.Tensor,
                         C: int, to_heads, to_flat, attend_prompts, attend_completions) -> torch.Tensor:
         """The decoder layers over flat tokens x [n_p prompt tokens + completion tokens, hidden] (``rope``: their
-        rotary cos / signed sin, see ``rope``): prompts attend
+        rotary cos / signed sin [N, 1, D], see ``rope``; or, rotating after ``to_heads``, the pair of prompt
+        [G, 1, P, D] and completion [B, 1, C, D] tables, see ``padded_logits``): prompts attend
         causally to their real tokens, each completion (row b, prompt ``inv[b]``) to its prompt and causally to
         itself. ``to_heads(t, part)`` / ``to_flat(t, part)`` move a part (0 prompts, 1 completions) between the
         flat layout and [rows, heads, width, D]. ``attend_prompts(layer, q, k, v, mask)`` is ``attend`` or
         ``attend_written_out``; ``attend_completions(layer, q_c, k_p, v_p, k_c, v_c, mask_c)`` attends to the
         row's prompt keys/values (per prompt, [G, ...]) and to its own."""
         B, dev = len(inv), x.device
-        cos, sin = rope
+        heads_rope = isinstance(rope[0], tuple)
+        cos, sin = (None, None) if heads_rope else rope
         G, P = p_mask.shape
         mask_p = _prompt_attention_mask(p_mask)
         causal_c = torch.ones(C, C, dtype=torch.bool, device=dev).tril()
@@ -418,6 +422,9 @@ class LeanDecoder:
         for layer in self.inner.layers:
             q, k, v = self.qkv(layer, None, x, cos, sin)
             (q_p, q_c), (k_p, k_c), (v_p, v_c) = ((to_heads(t[:n_p], 0), to_heads(t[n_p:], 1)) for t in (q, k, v))
+            if heads_rope:
+                (q_p, k_p), (q_c, k_c) = ((_rotate(q_, *r), _rotate(k_, *r)) for q_, k_, r in ((q_p, k_p, rope[0]),
+                                                                                            (q_c, k_c, rope[1])))
             out_p = attend_prompts(layer, q_p, k_p, v_p, mask_p)
             out_c = attend_completions(layer, q_c, k_p, v_p, k_c, v_c, mask_c)
             x = self.finish_layer(layer, None, x, torch.cat([to_flat(out_p, 0), to_flat(out_c, 1)]))
@@ -453,22 +460,31 @@ class LeanDecoder:
         p_ids, p_mask = (torch.cat([t, t[:1].expand(extra_g, -1)]) for t in (p_ids, p_mask))
         c_ids = F.pad(completion_ids, (0, pad_c))
         c_ids, inv = torch.cat([c_ids, c_ids[:1].expand(extra_b, -1)]), torch.cat([inv, inv[:1].expand(extra_b)])
-        rope_table = self.rope_table(p_ids.shape[1] + c_ids.shape[1])
-        return _compiled_padded_logits()(self, p_ids, p_mask, c_ids, inv, group, rope_table)[:B, :C]
+        rope = self.padded_rope(p_mask, inv, c_ids.shape[1])
+        return _compiled_padded_logits()(self, p_ids, p_mask, c_ids, inv, group, rope)[:B, :C]
+
+    def padded_rope(self, p_mask: torch.Tensor, inv: torch.Tensor, C: int) -> tuple:
+        """Rotary tables of ``padded_logits``'s positions in the attention's head layout: prompts (cos, signed sin)
+        [G, 1, P, D], completions [B, 1, C, D]. Looked up outside the compiled graph: inside, inductor inlined
+        cos(position * frequency) into every head's rotation, and looking the tables up by position in the graph
+        fused a gather into the rotation's backward, which it compiled to a scalar loop (0.6 ms a layer on (a))."""
+        P, dev = p_mask.shape[1], p_mask.device
+        table = self.rope_table(P + C)
+        pos_p = (p_mask.cumsum(1) - 1).clamp(min=0)
+        pos_c = p_mask.sum(1)[inv].unsqueeze(1) + torch.arange(C, device=dev)
+        return tuple(tuple(t[pos].transpose(1, 2) for t in table) for pos in (pos_p, pos_c))
 
     def padded_logits(self, p_ids: torch.Tensor, p_mask: torch.Tensor, c_ids: torch.Tensor,
-                      inv: torch.Tensor, group: int = 0, rope_table: tuple | None = None) -> torch.Tensor:
+                      inv: torch.Tensor, group: int = 0, rope: tuple | None = None) -> torch.Tensor:
         """Logits [B, C, V] of completions c_ids [B, C] after left-padded prompts p_ids [G, P] (row b's prompt is
         ``inv[b]``), every position computed, padding included: no data-dependent shapes, so torch.compile
-        builds one graph (forward and backward) per shape and fuses its elementwise work. ``rope_table``: the
-        rotary tables of positions 0 .. P + C - 1 (``rope_table``), computed once outside the compiled graph --
-        inside it inductor inlined cos(position * frequency) into every head's rotation (see ``_rotate``)."""
+        builds one graph (forward and backward) per shape and fuses its elementwise work. ``rope``: the rotary
+        tables of every position (``padded_rope``), computed outside the compiled graph; the rotation is applied
+        in the attention's [rows, heads, width, D] layout, where its backward is a plain vectorised loop."""
         (G, P), (B, C) = p_ids.shape, c_ids.shape
-        if rope_table is None:
-            rope_table = self.rope_table(P + C)
+        if rope is None:
+            rope = self.padded_rope(p_mask, inv, C)
         n_p = G * P
-        positions = torch.cat([(p_mask.cumsum(1) - 1).clamp(min=0).flatten(),
-                               (p_mask.sum(1)[inv].unsqueeze(1) + torch.arange(C, device=c_ids.device)).flatten()])
         x = self.inner.embed_tokens(torch.cat([p_ids.flatten(), c_ids.flatten()]))
         shape = ((G, P), (B, C))
 
@@ -493,7 +509,6 @@ class LeanDecoder:
             k_c, v_c = torch.cat([share(k_p), k_c], dim=2), torch.cat([share(v_p), v_c], dim=2)
             return self.attend_written_out(layer, q_c, k_c, v_c, mask_c)
 
-        rope = tuple(t[positions] for t in rope_table)
         x = self.attention_stack(x, rope, n_p, p_mask, inv, C, to_heads, to_flat, self.attend_written_out,
                                  attend_completions)
         # left padding: every prompt's last real token is its last column
