@@ -1,6 +1,8 @@
 """Sampling log-probs must equal a fresh forward pass (the rollout/trainer mismatch bug), and the batch layout
 (left-padded prompts, right-padded completions) must not leak into the loss."""
 
+import copy
+
 import torch
 
 from tiltlm.advantages import AdvantageInputs, group_zscore
@@ -55,6 +57,21 @@ def test_sampling_is_seeded_and_layout_is_consistent(tiny_model, tokenizer):
     assert a.prompt_mask[:, -1].all()
     texts = decode_completions(tokenizer, a.completion_ids, a.completion_mask)
     assert len(texts) == len(PROMPTS) * 4 and not any(tok in t for t in texts for tok in ("</s>", "<pad>", "<s>"))
+
+
+def test_decode_completions_equals_batch_decode(tokenizer):
+    """The backend shortcut gives transformers' batch_decode texts: masked-out ids dropped (wherever the mask is
+    off, not only after EOS), special tokens skipped; a tokenizer that cleans up spaces takes batch_decode."""
+    ids = torch.tensor([tokenizer("a+b= 12 ,x")["input_ids"], tokenizer("9 ?z")["input_ids"] + [0] * 6])
+    ids[1, 4] = tokenizer.eos_token_id
+    mask = torch.ones_like(ids)
+    mask[0, 3], mask[1, 6:] = 0, 0
+    want = tokenizer.batch_decode([r[m.bool()].tolist() for r, m in zip(ids, mask)], skip_special_tokens=True)
+    assert want[0] == "a+= 12 ,x" and decode_completions(tokenizer, ids, mask) == want
+    cleaning = copy.deepcopy(tokenizer)
+    cleaning.clean_up_tokenization_spaces = True  # " ," -> ",": only transformers' wrapper does this
+    assert decode_completions(cleaning, ids, mask) == cleaning.batch_decode(
+        [r[m.bool()].tolist() for r, m in zip(ids, mask)], skip_special_tokens=True) != want
 
 
 def test_greedy_matches_argmax(tiny_model, tokenizer):

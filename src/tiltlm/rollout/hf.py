@@ -188,6 +188,11 @@ class LeanState:
 
 
 def decode_completions(tokenizer, completion_ids: torch.Tensor, completion_mask: torch.Tensor) -> list[str]:
-    """Completion texts without special tokens (EOS/pad)."""
-    rows = [ids[m.bool()].tolist() for ids, m in zip(completion_ids, completion_mask)]
+    """Completion texts without special tokens (EOS/pad). The batch is copied to Python once; a fast tokenizer's
+    Rust backend decodes the rows directly when transformers' wrapper would not change its output (no clean-up of
+    tokenization spaces): the wrapper first walks every id in Python, ~1 ms for 64 rows of 16 tokens."""
+    rows = [[t for t, keep in zip(ids, mask) if keep]
+            for ids, mask in zip(completion_ids.tolist(), completion_mask.tolist())]
+    if getattr(tokenizer, "is_fast", False) and not getattr(tokenizer, "clean_up_tokenization_spaces", True):
+        return tokenizer.backend_tokenizer.decode_batch(rows, skip_special_tokens=True)
     return tokenizer.batch_decode(rows, skip_special_tokens=True)
