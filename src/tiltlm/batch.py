@@ -54,8 +54,10 @@ class RolloutBatch:
     def lengths(self) -> torch.Tensor:
         return self.completion_mask.sum(-1)
 
-    def select(self, rows: torch.Tensor) -> RolloutBatch:
-        """Rows ``rows`` (index or bool mask) of every per-row tensor, trimmed of all-padding columns."""
+    def select(self, rows: torch.Tensor | slice) -> RolloutBatch:
+        """Rows ``rows`` (index, bool mask or slice) of every per-row tensor, trimmed of all-padding columns."""
+        if isinstance(rows, torch.Tensor) and rows.dtype == torch.bool and len(rows) == self.size and rows.all():
+            return self.trim()  # every row kept: no copies
         picked = {
             fl.name: (v[rows] if isinstance(v := getattr(self, fl.name), torch.Tensor) else v) for fl in fields(self)
         }
@@ -102,7 +104,7 @@ class RolloutBatch:
         return RolloutBatch(**out)
 
     def micro_batches(self, size: int) -> list[RolloutBatch]:
-        return [self.select(torch.arange(i, min(i + size, self.size))) for i in range(0, self.size, size)]
+        return [self.select(slice(i, i + size)) for i in range(0, self.size, size)]  # slices: views, no copies
 
 
 def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
