@@ -210,6 +210,14 @@ def test_bf16_sampling_logprobs_agree_with_the_bf16_training_forward():
     lp, _ = sequence_logprobs(model, out.prompt_ids, out.prompt_mask, out.completion_ids, out.completion_mask)
     diff = (lp - out.sample_logprobs)[out.completion_mask.bool()].abs()
     assert diff.max() < 1e-2
+    # the compiled decode step (its projections one-batch bmm's that max-autotune may hand to inductor's C++ GEMM,
+    # LeanDecoder.sampling_mm) samples from the same distribution: its log-probs agree with the same forward
+    assert lean.compile_decoding(model)
+    comp = HFEngine(model, eos_id=2, pad_id=0).generate([[1, 5, 6, 7], [1, 9], [1, 3, 4]], 4, 6, 1.0,
+                                                        torch.Generator().manual_seed(0))
+    lean.compile_decoding(model, False)
+    lp_c, _ = sequence_logprobs(model, comp.prompt_ids, comp.prompt_mask, comp.completion_ids, comp.completion_mask)
+    assert (lp_c - comp.sample_logprobs)[comp.completion_mask.bool()].abs().max() < 1e-2
     lean.enable(model)  # and float32 sampling of the same model is a different computation
     exact = HFEngine(model, eos_id=2, pad_id=0).generate([[1, 5, 6, 7], [1, 9], [1, 3, 4]], 4, 6, 1.0,
                                                          torch.Generator().manual_seed(0))
