@@ -544,6 +544,10 @@ class LeanDecoder:
             T += -T % STATIC_COLUMNS
         stack = _compiled_prefill_stack() if static else LeanDecoder.prefill_stack
         last, keys, values, fused = stack(self, prompt_ids, prompt_mask, n, T, static)
+        if static:  # the compiled prefill may return a weight in the parameter's own [out, in] layout; the decode
+            # step's C++ GEMMs pack their weights every call, which is a scalar transpose more unless [in, out]
+            # contiguous ((a) generate 30.4 -> 26.4 ms, 5 alternating rounds in one process)
+            fused = [tuple(None if t is None else t.contiguous() for t in layer) for layer in fused]
         # tables for the decode steps: rotary cos/sin of every position, additive key bias (-inf on prompt padding)
         like = self.inner.embed_tokens.weight
         rope = self.rope_table(T)
