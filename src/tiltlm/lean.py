@@ -116,8 +116,10 @@ def decoding_compiled(model) -> bool:
 # reference forward -8% (old/new alternating in one process); it costs a longer first compile per shape
 _WRAPPER = {"cpp_wrapper": True}
 # max-autotune: inductor benchmarks its C++ GEMM template against the aten call for each matmul shape and keeps the
-# faster (see LeanDecoder.sampling_mm); CPP,ATEN only: no Triton on CPUs. Autotuning lengthens a cold compile
-_GEMM_TEMPLATES = {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
+# faster (see LeanDecoder.sampling_mm); CPP,ATEN only: no Triton on CPUs. Autotuning lengthens a cold compile. Its
+# timing tables would go to stderr in the middle of a training run's output: not displayed
+_GEMM_TEMPLATES = {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN", "autotune_num_choices_displayed": 0,
+                   "max_autotune_report_choices_stats": False}
 
 
 @functools.cache
