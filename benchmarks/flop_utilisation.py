@@ -35,7 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import vs_trl  # noqa: E402
 
-from tiltlm import lean  # noqa: E402
+from tiltlm import cpu, lean  # noqa: E402
 from tiltlm.logprobs import sequence_logprobs  # noqa: E402
 from tiltlm.models import load_model_and_tokenizer  # noqa: E402
 from tiltlm.rollout import HFEngine  # noqa: E402
@@ -82,7 +82,7 @@ def rollout(model, tok, prompts: int, samples: int, max_new: int):
 
 
 def forward_backward(model, batch) -> None:
-    model.zero_grad(set_to_none=False)
+    model.zero_grad(set_to_none=True)  # as trainer.update: the backward stores each gradient, adds to no zeros
     p_ids, p_mask, c_ids, c_mask = batch
     logp, _ = sequence_logprobs(model, p_ids, p_mask, c_ids, c_mask)
     (logp * c_mask).sum().backward()
@@ -93,17 +93,19 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--workloads", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                    help="forwards to time (transformers is always counted: the 'effective' column needs its FLOPs)")
     ap.add_argument("--out", default="docs/flop_utilisation.json")
     ns = ap.parse_args()
-    torch.set_num_threads(ns.threads)
+    cpu.configure(ns.threads)  # threads and malloc settings as every tiltlm command applies them
     work = Path(tempfile.mkdtemp(prefix="flops-"))
-    variants = dict(VARIANTS)
+    variants = {name: VARIANTS[name] for name in VARIANTS if name in ns.variants or name == "transformers"}
     dtypes = [torch.float32]
     if lean.native_bf16(torch.device("cpu")):
         dtypes.append(torch.bfloat16)
     else:  # emulated bf16 runs at ~1 GFLOP/s here: its peak alone would take hours to measure
         print("this CPU has no bf16 instructions: the lean_bf16 variant and the bf16 peak are left out")
-        variants.pop("lean_bf16"), variants.pop("lean_bf16_compiled")
+        variants.pop("lean_bf16", None), variants.pop("lean_bf16_compiled", None)
     peaks = {str(dt).removeprefix("torch."): [matmul_peak(ns.threads, dt)] for dt in dtypes}
     rows = {}
     print(f"{'workload':8s} {'forward':18s} {'GFLOP':>7s} {'ms':>7s} {'GFLOP/s':>8s} {'of peak':>8s} {'effective':>9s}")
