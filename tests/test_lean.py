@@ -406,3 +406,17 @@ def test_compiled_training_falls_back_to_the_packed_forward_when_ragged_or_out_o
     lean.compile_training(model, False)
     want = lean.LeanDecoder(model).completion_logits(p_ids, p_mask, c_ids, c_mask)
     assert torch.equal(got, want)
+
+
+def test_quiet_autotune_hides_the_typed_storage_warning_only_from_inductor():
+    """max-autotune's benchmarking (inductor's select_algorithm) calls the deprecated TypedStorage API once per
+    compile; ``quiet_autotune`` (installed by ``compile_decoding``) hides that warning from that module only."""
+    import warnings
+
+    message = "TypedStorage is deprecated. It will be removed in the future"
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        lean.quiet_autotune()
+        for module in ("torch._inductor.select_algorithm", "my_project.storage_user"):
+            warnings.warn_explicit(message, UserWarning, module.replace(".", "/") + ".py", 1, module=module)
+    assert [(str(w.message), w.filename) for w in seen] == [(message, "my_project/storage_user.py")]
