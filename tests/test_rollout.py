@@ -142,3 +142,18 @@ def test_inverse_cdf_sampling_draws_the_row_distribution():
         se = (p * (1 - p) / n).sqrt().double()
         assert ((freq - p.double()).abs() <= 5 * se + 1e-12).all(), (row, freq, p)
         assert (freq[p == 0] == 0).all()
+
+
+def test_cache_keyword_follows_the_forward_signature():
+    from tiltlm.rollout.hf import cache_keyword
+
+    class OldForward(torch.nn.Module):  # transformers before the rename: past_key_values, no cache
+        def forward(self, input_ids, attention_mask=None, past_key_values=None, use_cache=None, **kwargs):
+            return input_ids
+
+    class NewForward(torch.nn.Module):
+        def forward(self, input_ids, attention_mask=None, cache=None, use_cache=None, **kwargs):
+            return input_ids
+
+    assert cache_keyword(OldForward()) == "past_key_values"
+    assert cache_keyword(NewForward()) == "cache"

@@ -7,6 +7,7 @@ batch, and stops as soon as every row has emitted EOS.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -135,12 +136,20 @@ def static_loop(state: LeanState, next_pos: torch.Tensor, C: int, temperature: f
     return columns, ~alive
 
 
+def cache_keyword(model) -> str:
+    """The forward's keyword for a KV cache: ``cache`` in newer transformers (which deprecate ``past_key_values``
+    and drop it in 5.40), ``past_key_values`` before. Read from the signature: an older forward would take ``cache``
+    into ``**kwargs`` and silently decode without it."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 class HFState:
     """Sampling state on the plain ``transformers`` forward: a DynamicCache plus each row's attention mask."""
 
     def __init__(self, model, ids: torch.Tensor, mask: torch.Tensor, n: int, max_new: int):
         self.model, self.cache = model, DynamicCache()
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), past_key_values=self.cache,
+        self.cache_kw = cache_keyword(model)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), **{self.cache_kw: self.cache},
                     use_cache=True, logits_to_keep=1)
         self.cache.batch_repeat_interleave(n)
         self.logits = out.logits[:, -1].float().repeat_interleave(n, 0)
@@ -153,7 +162,7 @@ class HFState:
     def step(self, tok: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         self.attn = torch.cat([self.attn, self.attn.new_ones(len(tok), 1)], dim=1)
         out = self.model(input_ids=tok.unsqueeze(-1), attention_mask=self.attn, position_ids=pos.unsqueeze(-1),
-                         past_key_values=self.cache, use_cache=True)
+                         **{self.cache_kw: self.cache}, use_cache=True)
         return out.logits[:, -1].float()
 
 
