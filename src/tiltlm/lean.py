@@ -458,9 +458,10 @@ class LeanDecoder:
     def attention_stack(self, x: torch.Tensor, rope: tuple, n_p: int, p_mask: torch.Tensor, inv: torch.Tensor,
                         C: int, to_heads, to_flat, attend_prompts, attend_completions) -> torch.Tensor:
         """The decoder layers over flat tokens x [n_p prompt tokens + completion tokens, hidden] (``rope``: their
-        rotary cos / signed sin [N, 1, D], see ``rope``): prompts attend causally to their real tokens, each completion (row b, prompt ``inv[b]``) to its prompt and causally to
-        itself. ``to_heads(t, part)`` / ``to_flat(t, part)`` move a part (0 prompts, 1 completions) between the
-        flat layout and [rows, heads, width, D]. ``attend_prompts(layer, q, k, v, mask)`` is ``attend`` or
+        rotary cos / signed sin [N, 1, D], see ``rope``): prompts attend causally to their real tokens, each
+        completion (row b, prompt ``inv[b]``) to its prompt and causally to itself. ``to_heads(t, part)`` /
+        ``to_flat(t, part)`` move a part (0 prompts, 1 completions) between the flat layout and
+        [rows, heads, width, D]. ``attend_prompts(layer, q, k, v, mask)`` is ``attend`` or
         ``attend_written_out``; ``attend_completions(layer, q_c, k_p, v_p, k_c, v_c, mask_c)`` attends to the
         row's prompt keys/values (per prompt, [G, ...]) and to its own."""
         B, dev = len(inv), x.device
