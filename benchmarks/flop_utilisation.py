@@ -1,6 +1,6 @@
 """Training-phase FLOP utilisation: executed GFLOP/s of the update's forward + backward against this CPU's matmul peak.
 
-    python benchmarks/flop_utilisation.py [--threads 2] [--repeats 9] [--out docs/flop_utilisation.json]
+    python benchmarks/flop_utilisation.py [--threads 2] [--repeats 9] [--optimizer] [--out docs/flop_utilisation.json]
 
 For each workload of benchmarks/vs_trl.py -- (a) 8 prompts x 8 samples, <= 16 new tokens, ~1.1M-param random Llama;
 (b) the same with ~9.5M params; (c) the embedded base on its task at the quickstart's shape (64 prompts x 8 samples,
@@ -15,7 +15,9 @@ the bf16 peak. ``lean_compiled`` / ``lean_bf16_compiled`` are the same with ``ru
 padded forward: it executes the padding's FLOPs too, counted on the same forward run eagerly; the compile falls in an
 untimed call). Utilisation = executed GFLOP/s / peak of the dtype used. The lean forward executes fewer FLOPs for the
 same gradients (no padding, shared prompts); its utilisation is quoted on the FLOPs it executes, and "effective"
-GFLOP/s (the transformers forward's FLOPs / lean time) is listed too.
+GFLOP/s (the transformers forward's FLOPs / lean time) is listed too. ``--optimizer`` times the whole update as
+``trainer.update`` runs it: forward + backward, then gradient clipping (max norm 1) and the fused AdamW step; the
+optimizer's elementwise work adds time and no matmul FLOPs.
 """
 
 from __future__ import annotations
@@ -81,11 +83,14 @@ def rollout(model, tok, prompts: int, samples: int, max_new: int):
     return gen.prompt_ids, gen.prompt_mask, gen.completion_ids, gen.completion_mask
 
 
-def forward_backward(model, batch) -> None:
+def forward_backward(model, batch, optimizer: torch.optim.Optimizer | None = None) -> None:
     model.zero_grad(set_to_none=True)  # as trainer.update: the backward stores each gradient, adds to no zeros
     p_ids, p_mask, c_ids, c_mask = batch
     logp, _ = sequence_logprobs(model, p_ids, p_mask, c_ids, c_mask)
     (logp * c_mask).sum().backward()
+    if optimizer is not None:  # trainer.update's optimizer phase
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
 
 
 def main() -> int:
@@ -95,6 +100,8 @@ def main() -> int:
     ap.add_argument("--workloads", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
                     help="forwards to time (transformers is always counted: the 'effective' column needs its FLOPs)")
+    ap.add_argument("--optimizer", action="store_true",
+                    help="time the optimizer phase too (clipping + fused AdamW), as the trainer's update runs it")
     ap.add_argument("--out", default="docs/flop_utilisation.json")
     ns = ap.parse_args()
     cpu.configure(ns.threads)  # threads and malloc settings as every tiltlm command applies them
@@ -115,6 +122,7 @@ def main() -> int:
         model, tok = load_model_and_tokenizer(str(model_dir))
         model.train()
         batch = rollout(model, tok, prompts, samples, max_new)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=True) if ns.optimizer else None
         flops, times = {}, {v: [] for v in variants}
         for variant, setting in variants.items():
             configure(model, *setting)
@@ -124,12 +132,12 @@ def main() -> int:
             with eager, FlopCounterMode(display=False) as counter:
                 forward_backward(model, batch)
             flops[variant] = counter.get_total_flops()
-            forward_backward(model, batch)  # untimed warm-up: the compiled variants compile here
+            forward_backward(model, batch, opt)  # untimed warm-up: the compiled variants compile here
         for _ in range(ns.repeats):  # alternate so that drifting machine speed hits all alike
             for variant, setting in variants.items():
                 configure(model, *setting)
                 t = time.perf_counter()
-                forward_backward(model, batch)
+                forward_backward(model, batch, opt)
                 times[variant].append(time.perf_counter() - t)
         rows[name] = {"rows": int(batch[2].shape[0]), "completion_tokens": int(batch[3].sum()),
                       "prompt_width": int(batch[0].shape[1]), "completion_width": int(batch[2].shape[1])}
@@ -151,7 +159,8 @@ def main() -> int:
     print(f"matmul peak ({ns.threads} threads, best median of n = 1024/2048/4096, start and end): "
           + ", ".join(f"{dt} {g:.0f} GFLOP/s" for dt, g in peak.items()))
     out = Path(__file__).resolve().parents[1] / ns.out
-    out.write_text(json.dumps({"command": " ".join(sys.argv), "threads": ns.threads, "peak_gflops": peak,
+    out.write_text(json.dumps({"command": " ".join(sys.argv), "threads": ns.threads, "optimizer": ns.optimizer,
+                               "peak_gflops": peak,
                                "peaks": {dt: [{str(n): g for n, g in m.items()} for m in ms] for dt, ms in peaks.items()}, "workloads": rows}, indent=1), encoding="utf-8")
     print(f"wrote {out}")
     return 0
