@@ -219,10 +219,7 @@ class _QKt(torch.autograd.Function):
         return g @ k, g.transpose(-1, -2) @ q
 
 
-def _scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Attention scores ``q @ k^T`` whose backward returns both gradients in their inputs' own [..., tokens, D]
-    layout (see ``_QKt``)."""
-    return _QKt.apply(q, k)
+_scores = _QKt.apply  # attention scores q @ k^T, both gradients in their inputs' own [..., tokens, D] layout
 
 
 def _prompt_attention_mask(prompt_mask: torch.Tensor) -> torch.Tensor:
